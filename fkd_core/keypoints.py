@@ -128,7 +128,8 @@ def keypoint_index(name: str) -> int:
     try:
         return KEYPOINT_NAMES.index(name)
     except ValueError:
-        raise KeyError(f"unknown keypoint {name!r}; expected one of {', '.join(KEYPOINT_NAMES)}")
+        valid = ", ".join(KEYPOINT_NAMES)
+        raise KeyError(f"unknown keypoint {name!r}; expected one of {valid}") from None
 
 
 def column_indices(names) -> np.ndarray:

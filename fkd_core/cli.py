@@ -1,0 +1,379 @@
+"""The ``fkd`` command line. Commands import heavy modules lazily: reading data never pays
+for importing TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(help="fkd — facial keypoint detection workbench.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect Kaggle data and write the demo set.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1):
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def progress_bar(description: str):
+    """A rich progress bar fed by the library's ``progress(done, total)`` callbacks."""
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal,
+    ) as bar:
+        tasks: dict[int, int] = {}
+
+        def update(done: int, total: int):
+            if total not in tasks:
+                tasks[total] = bar.add_task(description, total=total)
+            bar.update(tasks[total], completed=done)
+
+        yield update
+
+
+@contextmanager
+def data_errors():
+    """Turn data-format errors into a one-line message and exit code 1."""
+    from fkd_core.kaggle import KaggleFormatError
+
+    try:
+        yield
+    except KaggleFormatError as exc:
+        fail(str(exc))
+
+
+@data_app.command("summary")
+def data_summary(
+    path: Path = typer.Argument(..., help="Folder or archive holding Kaggle's files."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Parse afresh, ignoring the cache."),
+):
+    """Validate the Kaggle files at PATH and summarise them."""
+    from fkd_core import dataset
+
+    with data_errors(), progress_bar("parsing images") as progress:
+        data = dataset.load(path, use_cache=not no_cache, progress=progress)
+    summary = data.summary()
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    out.print(f"[bold]{path}[/]")
+    for name, where in summary["files"].items():
+        out.print(f"  {name:<22} {where}", highlight=False)
+    if "training" in summary:
+        t = summary["training"]
+        pct = 100.0 * t["complete_rows"] / max(t["rows"], 1)
+        out.print(f"training rows        {t['rows']}")
+        out.print(f"complete rows        {t['complete_rows']} ({pct:.1f}%)")
+        out.print(f"four-keypoint rows   {t['four_point_rows']}")
+    if "test_images" in summary:
+        out.print(f"test images          {summary['test_images']}")
+    if "lookup_rows" in summary:
+        out.print(
+            f"lookup rows          {summary['lookup_rows']} "
+            f"(for {summary['lookup_images']} images)"
+        )
+    if "sample_submission_rows" in summary:
+        out.print(f"sample submission    {summary['sample_submission_rows']} rows")
+    if "training" in summary:
+        table = Table("keypoint", "labelled", "x range", "y range", box=None)
+        for name, k in summary["training"]["keypoints"].items():
+            xr = "–" if k["x_range"] is None else "{:.1f}–{:.1f}".format(*k["x_range"])
+            yr = "–" if k["y_range"] is None else "{:.1f}–{:.1f}".format(*k["y_range"])
+            table.add_row(name, str(k["labelled"]), xr, yr)
+        out.print(table)
+
+
+@data_app.command("demo")
+def data_demo(
+    out_dir: Path = typer.Argument(..., help="Folder to write the demo set into."),
+    train: int = typer.Option(2000, "--train", min=1, help="Training faces."),
+    test: int = typer.Option(500, "--test", min=1, help="Test faces."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
+):
+    """Write the embedded demo set (procedurally drawn faces) in Kaggle's format."""
+    from fkd_core import synthetic
+
+    with progress_bar("drawing faces") as progress:
+        written = synthetic.write_demo(out_dir, n_train=train, n_test=test, seed=seed,
+                                       progress=progress)
+    out.print(f"wrote {train} training and {test} test faces to {out_dir}")
+    for name in ("training", "test", "lookup", "sample_submission"):
+        if name in written:
+            out.print(f"  {written[name]}", highlight=False)
+
+
+def _load_train(data: Path | None):
+    from fkd_core import dataset
+
+    path = data if data is not None else dataset.demo_path()
+    with data_errors(), progress_bar("parsing images") as progress:
+        return dataset.load(path, parts=("training",), progress=progress).require_train()
+
+
+def _key_values(pairs: list[str], what: str) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            fail(f"{what} {pair!r} must look like KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+def _augment_config(preset: str, overrides: list[str]) -> dict | None:
+    from fkd_core.augment import AugmentConfig
+
+    if preset not in AUGMENT_PRESETS:
+        fail(f"--augment must be one of {', '.join(AUGMENT_PRESETS)}, not {preset!r}")
+    if preset == "none" and not overrides:
+        return None
+    base = AUGMENT_PRESETS[preset]
+    try:
+        return AugmentConfig.from_dict({**base, **_key_values(overrides, "--aug")}).to_dict()
+    except (TypeError, ValueError) as exc:
+        fail(f"bad augmentation setting: {exc}")
+
+
+AUGMENT_PRESETS = {
+    "none": {k: 0.0 for k in ("flip_prob", "rotate_prob", "scale_prob", "shift_prob",
+                              "brightness_prob", "contrast_prob", "noise_prob", "blur_prob")},
+    "default": {},
+}
+
+
+@app.command("train")
+def train_cmd(
+    data: Path = typer.Option(None, "--data", help="Kaggle data folder/archive (default: demo)."),
+    arch: str = typer.Option("resnet", "--arch", help="Architecture name (see `fkd archs`)."),
+    head: str = typer.Option("heatmap", "--head", help="heatmap or regression."),
+    width: float = typer.Option(1.0, "--width", help="Channel multiplier."),
+    depth: int = typer.Option(None, "--depth", help="Number of stages (default per arch)."),
+    dropout: float = typer.Option(None, "--dropout", help="Dropout rate (default per arch)."),
+    head_opt: list[str] = typer.Option([], "--head-opt", help="Head option KEY=VALUE."),
+    epochs: int = typer.Option(30, "--epochs", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (Adam)."),
+    schedule: str = typer.Option("cosine", "--schedule", help="cosine or plateau."),
+    patience: int = typer.Option(10, "--patience", help="Early-stopping patience (epochs)."),
+    augment: str = typer.Option("default", "--augment", help="Augmentation preset: default, none."),
+    aug: list[str] = typer.Option([], "--aug", help="Augmentation override KEY=VALUE, e.g. "
+                                  "rotate_deg=20 or noise_prob=0."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction"),
+    seed: int = typer.Option(0, "--seed"),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="Stop after this much time."),
+    steps_per_epoch: int = typer.Option(None, "--steps-per-epoch", help="Cap steps per epoch."),
+    models: Path = typer.Option(Path("models"), "--models", help="Where runs are written."),
+    run_id: str = typer.Option(None, "--run-id", help="Folder name (default: time-arch-head)."),
+):
+    """Train a model; the run folder appears under --models only when it is complete."""
+    from fkd_core.training import TrainConfig, train
+
+    try:
+        config = TrainConfig(
+            arch=arch, head=head, width=width, depth=depth, dropout=dropout,
+            head_options=_key_values(head_opt, "--head-opt"), epochs=epochs,
+            batch_size=batch_size, lr=lr, schedule=schedule, patience=patience,
+            val_fraction=val_fraction, seed=seed, augment=_augment_config(augment, aug),
+            max_minutes=max_minutes, steps_per_epoch=steps_per_epoch,
+        )
+        from fkd_core.architectures import create_model
+
+        create_model(arch, width=width, depth=depth, head=head, dropout=dropout,
+                     **config.head_options)
+    except (ValueError, TypeError, KeyError) as exc:
+        fail(str(exc))
+    train_set = _load_train(data)
+    try:
+        path = train(train_set, config, models, run_id=run_id, verbose=_verbose())
+    except KeyboardInterrupt:
+        fail("training interrupted; no run was saved", code=130)
+    except (ValueError, FileExistsError, FloatingPointError) as exc:
+        fail(str(exc))
+    _print_run_result(path)
+
+
+def _print_run_result(path: Path) -> None:
+    m = json.loads((path / "metrics.json").read_text())
+    c = json.loads((path / "config.json").read_text())
+    out.print(f"run [bold]{path}[/]")
+    tta = m.get("val_rmse_tta")
+    out.print(
+        f"validation RMSE {m['val_rmse']:.3f} px"
+        + (f", with flip-TTA {tta:.3f} px" if tta is not None else "")
+        + f" ({c.get('epochs_run', '?')} epochs, {c.get('train_seconds', 0) / 60:.1f} min)"
+    )
+
+
+def _run(run: str, models: Path):
+    from fkd_core import runs
+
+    try:
+        return runs.resolve(run, models)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def _verbose() -> int:
+    return 1 if sys.stdout.isatty() else 2
+
+
+@app.command("runs")
+def runs_cmd(models: Path = typer.Option(Path("models"), "--models")):
+    """List trained runs, best validation RMSE first; broken ones with the reason."""
+    from fkd_core import runs
+
+    found = runs.list_runs(models)
+    if not found:
+        out.print(f"no runs in {models} yet — make one with: fkd train --epochs 5")
+        return
+    table = Table("run", "kind", "arch", "val RMSE", "flip-TTA", "epochs", "minutes", box=None)
+    ok = sorted((r for r in found if r.ok), key=lambda r: r.val_rmse or float("inf"))
+    for r in ok:
+        tta = r.metrics.get("val_rmse_tta")
+        table.add_row(
+            r.id, r.kind, r.arch, f"{r.val_rmse:.3f}", "–" if tta is None else f"{tta:.3f}",
+            str(r.config.get("epochs_run", "–")), f"{r.config.get('train_seconds', 0) / 60:.1f}",
+        )
+    out.print(table)
+    for r in found:
+        if not r.ok:
+            out.print(f"[red]broken[/] {r.id}: {r.error}", highlight=False)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: str = typer.Argument(..., help="Run id (under --models) or run folder."),
+    data: Path = typer.Option(None, "--data", help="Kaggle data (default: demo)."),
+    models: Path = typer.Option(Path("models"), "--models"),
+    subset: str = typer.Option("val", "--subset", help="val, train or all."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Horizontal-flip test-time augment."),
+    worst: int = typer.Option(10, "--worst", help="How many worst images to list."),
+):
+    """Per-keypoint and per-image errors of a run, in pixels."""
+    from fkd_core.evaluation import evaluate
+
+    found = _run(run, models)
+    train_set = _load_train(data)
+    try:
+        ev = evaluate(found, train_set, subset=subset, tta=tta)
+    except ValueError as exc:
+        fail(str(exc))
+    out.print(f"run {found.id} on {len(ev.row_ids)} {subset} faces"
+              f"{' with flip-TTA' if tta else ''}: RMSE [bold]{ev.rmse:.3f}[/] px")
+    table = Table("keypoint", "RMSE px", box=None)
+    for name, v in ev.per_keypoint.items():
+        table.add_row(name, "–" if v != v else f"{v:.3f}")
+    out.print(table)
+    images = ev.per_image().head(worst)
+    table = Table("worst rows", "csv line", "RMSE px", "keypoints", box=None)
+    for row in images.itertuples():
+        table.add_row(str(row.row), str(row.line), f"{row.rmse:.3f}", str(row.labelled))
+    out.print(table)
+
+
+@app.command("submit")
+def submit_cmd(
+    run: str = typer.Argument(..., help="Run id (under --models) or run folder."),
+    data: Path = typer.Option(None, "--data", help="Kaggle data (default: demo)."),
+    output: Path = typer.Option(Path("submission.csv"), "-o", "--output"),
+    models: Path = typer.Option(Path("models"), "--models"),
+    tta: bool = typer.Option(True, "--tta/--no-tta", help="Horizontal-flip test-time augment."),
+):
+    """Write Kaggle's RowId,Location submission for the rows IdLookupTable.csv asks."""
+    from fkd_core import dataset
+    from fkd_core.evaluation import submission, write_submission
+
+    found = _run(run, models)
+    path = data if data is not None else dataset.demo_path()
+    with data_errors(), progress_bar("parsing images") as progress:
+        kd = dataset.load(path, parts=("test", "lookup"), progress=progress)
+        frame = submission(found, kd, tta=tta)
+    write_submission(frame, output)
+    out.print(f"wrote {len(frame)} predictions for {kd.lookup.ImageId.nunique()} test images "
+              f"to {output}")
+
+
+@app.command("train-specialists")
+def train_specialists_cmd(
+    base: str = typer.Option(..., "--base", help="Base run to fine-tune from."),
+    by: str = typer.Option("group", "--by", help="keypoint (15 models) or group (4)."),
+    data: Path = typer.Option(None, "--data", help="Kaggle data (default: demo)."),
+    models: Path = typer.Option(Path("models"), "--models"),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    lr: float = typer.Option(3e-4, "--lr"),
+    patience: int = typer.Option(5, "--patience"),
+    steps_per_epoch: int = typer.Option(None, "--steps-per-epoch"),
+    run_id: str = typer.Option(None, "--run-id"),
+):
+    """Fine-tune one specialist per keypoint or group from a base run; save them as one run."""
+    from fkd_core.composite import train_specialists
+
+    found = _run(base, models)
+    if found.kind != "single":
+        fail(f"--base must be a single-model run, not a {found.kind} run")
+    train_set = _load_train(data)
+    if found.config.get("data", {}).get("fingerprint") != train_set.fingerprint:
+        fail(f"run {found.id} was trained on other data; pass the same --data")
+    try:
+        path = train_specialists(
+            train_set, found, by=by, models_dir=models, epochs=epochs, lr=lr,
+            patience=patience, run_id=run_id, verbose=_verbose(),
+            steps_per_epoch=steps_per_epoch,
+        )
+    except KeyboardInterrupt:
+        fail("training interrupted; no run was saved", code=130)
+    except (ValueError, FileExistsError, FloatingPointError) as exc:
+        fail(str(exc))
+    _print_run_result(path)
+
+
+@app.command("ensemble")
+def ensemble_cmd(
+    members: list[str] = typer.Argument(..., help="Two or more run ids or folders."),
+    weights: str = typer.Option("equal", "--weights",
+                                help="equal, auto (from validation RMSE) or w1,w2,..."),
+    models: Path = typer.Option(Path("models"), "--models"),
+    run_id: str = typer.Option(None, "--run-id"),
+):
+    """Average runs into a new run with its own metrics and predictions."""
+    from fkd_core.composite import make_ensemble
+
+    found = [_run(m, models) for m in members]
+    try:
+        path = make_ensemble(found, weights=weights, models_dir=models, run_id=run_id)
+    except (ValueError, FileExistsError) as exc:
+        fail(str(exc))
+    _print_run_result(path)
+
+
+@app.command("archs")
+def archs_cmd():
+    """List the architectures `fkd train --arch` accepts."""
+    from fkd_core.architectures import ARCHITECTURES
+
+    for name, arch in ARCHITECTURES.items():
+        out.print(f"[bold]{name:<10}[/] {arch.description}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="fkd")
+
+
+if __name__ == "__main__":
+    main()

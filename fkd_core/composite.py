@@ -1,0 +1,224 @@
+"""Runs made of other runs — specialists and ensembles — as one Keras graph each.
+
+Building the combination as a single functional model means a composite run has a plain
+``model.keras`` like any other: it loads with ``safe_mode=True``, predicts in one call, and
+``evaluate``, ``submit`` and the dashboard need not know it is a composite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from fkd_core.architectures import INPUT_SHAPE
+from fkd_core.keypoints import N_COORDS
+
+
+@keras.saving.register_keras_serializable(package="fkd")
+class PickColumns(layers.Layer):
+    """Column c of the output comes from input ``source[c]``: specialists' predictions merged."""
+
+    def __init__(self, source, **kwargs):
+        super().__init__(**kwargs)
+        self.source = [int(s) for s in source]
+        if len(self.source) != N_COORDS:
+            raise ValueError(f"source must name an input for each of {N_COORDS} columns")
+
+    def call(self, inputs):
+        stacked = ops.stack(inputs, axis=1)  # (batch, n_inputs, 30)
+        onehot = np.zeros((len(inputs), N_COORDS), np.float32)
+        onehot[self.source, np.arange(N_COORDS)] = 1.0
+        return ops.sum(stacked * ops.convert_to_tensor(onehot)[None], axis=1)
+
+    def compute_output_shape(self, input_shapes):
+        return (input_shapes[0][0], N_COORDS)
+
+    def get_config(self):
+        return {**super().get_config(), "source": self.source}
+
+
+def _renamed(model: keras.Model, name: str) -> keras.Model:
+    model.name = name
+    return model
+
+
+def combine_specialists(models: Sequence[keras.Model], source: Sequence[int]) -> keras.Model:
+    """One model whose column c is predicted by ``models[source[c]]``."""
+    used = sorted(set(int(s) for s in source))
+    image = keras.Input(shape=INPUT_SHAPE, name="image")
+    outputs = [_renamed(models[i], f"specialist_{i}")(image) for i in used]
+    remap = [used.index(int(s)) for s in source]
+    merged = PickColumns(remap, name="keypoints")(outputs)
+    return keras.Model(image, merged, name="specialists")
+
+
+def ensemble(models: Sequence[keras.Model], weights: Sequence[float]) -> keras.Model:
+    """Weighted average of members' predictions (weights are normalised to sum to 1)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if len(w) != len(models) or len(models) < 1 or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("ensemble needs one non-negative weight per member, not all zero")
+    w = w / w.sum()
+    image = keras.Input(shape=INPUT_SHAPE, name="image")
+    parts = [
+        layers.Rescaling(float(wi), name=f"weight_{i}")(_renamed(m, f"member_{i}")(image))
+        for i, (m, wi) in enumerate(zip(models, w))
+    ]
+    out = parts[0] if len(parts) == 1 else layers.Add(name="keypoints")(parts)
+    return keras.Model(image, out, name="ensemble")
+
+
+# --------------------------------------------------------------------------------------
+# Composite runs
+
+
+def specialist_groups(by: str) -> dict[str, tuple[str, ...]]:
+    """Which keypoints each specialist predicts: one per keypoint, or one per group."""
+    from fkd_core.keypoints import GROUPS, KEYPOINT_NAMES
+
+    if by == "keypoint":
+        return {name: (name,) for name in KEYPOINT_NAMES}
+    if by == "group":
+        return dict(GROUPS)
+    raise ValueError(f"--by must be 'keypoint' or 'group', not {by!r}")
+
+
+def train_specialists(data, base, *, by: str = "group", models_dir="models", epochs: int = 10,
+                      lr: float = 3e-4, patience: int = 5, run_id: str | None = None,
+                      verbose="auto", **overrides):
+    """Fine-tune one copy of ``base`` per keypoint or group; combine them into one run.
+
+    Each specialist starts from the base run's weights (transfer), keeps its split (so no
+    validation face is trained on) and trains on every row labelling its keypoints.
+    """
+    import dataclasses
+    import time
+    from datetime import datetime, timezone
+
+    from fkd_core import training
+    from fkd_core.keypoints import column_indices
+
+    groups = specialist_groups(by)
+    base_train = dict(base.config.get("train", {}))
+    base_cfg = training.TrainConfig(**base_train)
+    cfg = dataclasses.replace(
+        base_cfg, epochs=epochs, lr=lr, patience=patience, init_from=str(base.path),
+        max_minutes=None, **overrides,
+    )
+    run_id = run_id or f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-specialists-{by}"
+    started = time.time()
+    with training.staged_run(models_dir, run_id) as staging:
+        members, source, preds, preds_tta = [], np.zeros(N_COORDS, int), [], []
+        for i, (name, keypoints) in enumerate(groups.items()):
+            spec_cfg = dataclasses.replace(cfg, keypoints=list(keypoints))
+            path = training.train(
+                data, spec_cfg, staging / "specialists", run_id=name, verbose=verbose
+            )
+            members.append(keras.models.load_model(path / "model.keras", safe_mode=True,
+                                                   compile=False))
+            source[column_indices(keypoints)] = i
+            with np.load(path / "val_predictions.npz") as z:
+                preds.append(z["pred"])
+                preds_tta.append(z["pred_tta"])
+                row_ids = z["row_ids"]
+            (path / "model.keras").unlink()  # its weights live on in the combined model
+        model = combine_specialists(members, source)
+        model.save(staging / "model.keras")
+        pick = np.arange(N_COORDS)
+        pred = np.stack(preds)[source, :, pick].T
+        pred_tta = np.stack(preds_tta)[source, :, pick].T
+        truth = data.keypoints[np.searchsorted(data.row_ids, row_ids)]
+        training.write_predictions(staging, row_ids, pred, pred_tta, truth)
+        training.write_json(staging / "metrics.json", training.metrics_report(pred, pred_tta,
+                                                                               truth))
+        training.write_json(staging / "config.json", {
+            "kind": "specialists",
+            "run_id": run_id,
+            "arch": f"specialists({base.arch})",
+            "by": by,
+            "base_run": base.id,
+            "specialists": {name: list(kps) for name, kps in groups.items()},
+            "train": dataclasses.asdict(cfg),
+            "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed},
+            "data": base.config.get("data", {}),
+            "model": {"name": model.name, "params": int(model.count_params())},
+            "train_seconds": round(time.time() - started, 1),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+    return Path(models_dir) / run_id
+
+
+def ensemble_weights(runs, row_ids: np.ndarray, mode: str) -> np.ndarray:
+    """Equal weights, or 'auto': inverse squared validation RMSE on the shared rows."""
+    from fkd_core import metrics
+
+    if mode == "equal":
+        return np.ones(len(runs))
+    if mode != "auto":
+        return np.array([float(w) for w in mode.split(",")])
+    errs = []
+    for r in runs:
+        vp = r.val_predictions
+        idx = np.searchsorted(vp["row_ids"], row_ids)
+        errs.append(metrics.rmse(vp["pred"][idx], vp["truth"][idx]))
+    return 1.0 / np.square(np.array(errs))
+
+
+def make_ensemble(runs, *, weights: str = "equal", models_dir="models",
+                  run_id: str | None = None):
+    """Average runs into a new run, scored on the validation rows all members share."""
+    import time
+    from datetime import datetime, timezone
+
+    from fkd_core import training
+
+    if len(runs) < 2:
+        raise ValueError("an ensemble needs at least two runs")
+    prints = {r.config.get("data", {}).get("fingerprint") for r in runs}
+    if len(prints) != 1:
+        raise ValueError("ensemble members were trained on different data")
+    shared = runs[0].val_predictions["row_ids"]
+    for r in runs[1:]:
+        shared = np.intersect1d(shared, r.val_predictions["row_ids"])
+    if len(shared) == 0:
+        raise ValueError("the runs share no validation rows (different splits); cannot score")
+    w = ensemble_weights(runs, shared, weights)
+    if len(w) != len(runs):
+        raise ValueError(f"--weights needs {len(runs)} comma-separated numbers, 'auto' or 'equal'")
+    w = w / w.sum()
+    started = time.time()
+    run_id = run_id or f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-ensemble"
+    with training.staged_run(models_dir, run_id) as staging:
+        model = ensemble([r.load_model() for r in runs], w)
+        model.save(staging / "model.keras")
+        parts = []
+        for r in runs:
+            vp = r.val_predictions
+            idx = np.searchsorted(vp["row_ids"], shared)
+            parts.append((vp["pred"][idx], vp["pred_tta"][idx], vp["truth"][idx]))
+        pred = sum(wi * p[0] for wi, p in zip(w, parts))
+        pred_tta = sum(wi * p[1] for wi, p in zip(w, parts))
+        truth = parts[0][2]
+        training.write_predictions(staging, shared, pred, pred_tta, truth)
+        training.write_json(staging / "metrics.json",
+                            training.metrics_report(pred, pred_tta, truth))
+        first = runs[0].config
+        training.write_json(staging / "config.json", {
+            "kind": "ensemble",
+            "run_id": run_id,
+            "arch": "ensemble(" + ",".join(r.arch for r in runs) + ")",
+            "members": [r.id for r in runs],
+            "weights": w.tolist(),
+            "weight_mode": weights,
+            "split": first.get("split") or {
+                k: first.get("train", {}).get(k) for k in ("val_fraction", "seed")
+            },
+            "data": first.get("data", {}),
+            "model": {"name": model.name, "params": int(model.count_params())},
+            "train_seconds": round(time.time() - started, 1),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+    return Path(models_dir) / run_id

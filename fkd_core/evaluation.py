@@ -1,0 +1,93 @@
+"""Evaluating a run on labelled faces and writing Kaggle submissions from its predictions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fkd_core import kaggle, metrics
+from fkd_core.dataset import KaggleData, KeypointSet
+from fkd_core.keypoints import COLUMN_NAMES, IMAGE_SIZE, KEYPOINT_NAMES
+from fkd_core.predict import predict_keypoints
+from fkd_core.runs import Run
+
+
+@dataclass
+class Evaluation:
+    subset: str
+    row_ids: np.ndarray
+    pred: np.ndarray
+    truth: np.ndarray
+
+    @property
+    def rmse(self) -> float:
+        return metrics.rmse(self.pred, self.truth)
+
+    @property
+    def per_keypoint(self) -> pd.Series:
+        return pd.Series(metrics.per_keypoint_rmse(self.pred, self.truth), index=KEYPOINT_NAMES)
+
+    def per_image(self) -> pd.DataFrame:
+        """One row per face: its training.csv row, RMSE and labelled count, worst first."""
+        err = metrics.per_image_rmse(self.pred, self.truth)
+        frame = pd.DataFrame({
+            "row": self.row_ids,
+            "line": self.row_ids + 2,
+            "rmse": err,
+            "labelled": np.isfinite(self.truth).sum(axis=1) // 2,
+        })
+        return frame.sort_values("rmse", ascending=False, na_position="last")
+
+
+def evaluation_rows(run: Run, data: KeypointSet, subset: str) -> np.ndarray:
+    """Positions to evaluate: the run's validation rows, all rows, or the rest (training).
+
+    Validation rows come from the run's own ``val_predictions.npz`` — exact for single,
+    specialist and ensemble runs alike — and are only meaningful on the data the run was
+    trained on, which the data fingerprint checks.
+    """
+    if subset == "all":
+        return np.arange(len(data))
+    if subset not in ("val", "train"):
+        raise ValueError(f"subset must be val, train or all, not {subset!r}")
+    trained_on = run.config.get("data", {})
+    if trained_on.get("fingerprint") != data.fingerprint:
+        raise ValueError(
+            f"run {run.id} was trained on other data ({trained_on.get('source')}); "
+            f"its {subset} rows are unknown here — use --subset all"
+        )
+    val = np.isin(data.row_ids, run.val_predictions["row_ids"])
+    return np.flatnonzero(val if subset == "val" else ~val)
+
+
+def evaluate(run: Run, data: KeypointSet, *, subset: str = "val", tta: bool = False,
+             model=None) -> Evaluation:
+    rows = evaluation_rows(run, data, subset)
+    model = model or run.load_model()
+    pred = predict_keypoints(model, data.images[rows], tta=tta)
+    return Evaluation(subset, data.row_ids[rows], pred, data.keypoints[rows])
+
+
+def submission(run: Run, data: KaggleData, *, tta: bool = True, model=None) -> pd.DataFrame:
+    """Kaggle's ``RowId,Location`` for every row of IdLookupTable.csv, in its order.
+
+    Locations are clipped to the 96-pixel frame [0, 96].
+    """
+    if data.test is None or data.lookup is None:
+        raise kaggle.KaggleFormatError(
+            data.path, f"a submission needs {kaggle.TEST} and {kaggle.LOOKUP}"
+        )
+    model = model or run.load_model()
+    pred = np.clip(predict_keypoints(model, data.test.images, tta=tta), 0.0, float(IMAGE_SIZE))
+    position = pd.Series(np.arange(len(data.test)), index=data.test.image_ids)
+    rows = position.loc[data.lookup.ImageId.to_numpy()].to_numpy()
+    cols = pd.Series(np.arange(len(COLUMN_NAMES)), index=COLUMN_NAMES)
+    columns = cols.loc[data.lookup.FeatureName.to_numpy()].to_numpy()
+    return pd.DataFrame({"RowId": data.lookup.RowId.to_numpy(), "Location": pred[rows, columns]})
+
+
+def write_submission(frame: pd.DataFrame, path: str | Path) -> None:
+    kaggle.write_submission_csv(path, frame.RowId.to_numpy(), frame.Location.to_numpy())

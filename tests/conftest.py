@@ -1,0 +1,42 @@
+"""Shared fixtures: an isolated parse cache, a small demo data set, the optional faces15 set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+FACES15 = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces15"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Each test session parses into its own cache, so tests never see a user's cache."""
+    path = tmp_path_factory.mktemp("fkd-cache")
+    old = os.environ.get("FKD_CACHE_DIR")
+    os.environ["FKD_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("FKD_CACHE_DIR", None)
+    else:
+        os.environ["FKD_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """A small demo set in Kaggle's loose-CSV layout (120 training, 30 test faces)."""
+    from fkd_core import synthetic
+
+    out = tmp_path_factory.mktemp("demo")
+    synthetic.write_demo(out, n_train=120, n_test=30, seed=1)
+    return out
+
+
+@pytest.fixture
+def faces15() -> Path:
+    if not (FACES15 / "training.zip").is_file():
+        pytest.skip("../shared/data/faces15 is not available")
+    return FACES15

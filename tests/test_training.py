@@ -1,0 +1,217 @@
+"""Training, runs, evaluation, submission, specialists and ensembles — with real tiny models."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fkd_core import dataset, metrics, runs
+from fkd_core.cli import app
+from fkd_core.composite import make_ensemble, specialist_groups, train_specialists
+from fkd_core.evaluation import evaluate, submission
+from fkd_core.keypoints import ALWAYS_PRESENT, KEYPOINT_NAMES
+from fkd_core.predict import predict_keypoints
+from fkd_core.training import TrainConfig, train
+
+runner = CliRunner()
+TINY = dict(arch="simple", head="regression", epochs=1, batch_size=16, steps_per_epoch=3,
+            val_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def data(demo_dir):
+    return dataset.load(demo_dir)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="module")
+def base_run(data, models):
+    config = TrainConfig(**TINY, augment={})
+    return runs.resolve(train(data.train, config, models, run_id="base", verbose=0))
+
+
+def test_run_folder_is_complete(base_run, data):
+    files = {p.name for p in base_run.path.iterdir()}
+    assert set(runs.REQUIRED) | {"history.csv"} <= files
+    config = base_run.config
+    assert config["train"]["arch"] == "simple" and config["train"]["batch_size"] == 16
+    assert config["train"]["augment"]["flip_prob"] == 0.5  # the full augmentation config
+    assert config["data"]["fingerprint"] == data.train.fingerprint
+    assert config["fkd_version"] and config["wall_seconds"] > 0 and config["epochs_run"] == 1
+    with open(base_run.path / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    assert len(history) == 1 and "val_rmse_px" in history[0]
+    m = base_run.metrics
+    assert set(m["per_keypoint"]) == set(KEYPOINT_NAMES)
+    vp = base_run.val_predictions
+    assert vp["pred"].shape == (m["val_images"], 30) == vp["truth"].shape
+    assert m["val_rmse"] == pytest.approx(metrics.rmse(vp["pred"], vp["truth"]))
+    # Every validation row is in the data, and none of them was trained on.
+    n_val = round(len(data.train) * 0.25)
+    assert abs(len(vp["row_ids"]) - n_val) <= 1
+
+
+def test_saved_model_reproduces_validation_predictions(base_run, data):
+    model = base_run.load_model()
+    rows = base_run.val_predictions["row_ids"]
+    again = predict_keypoints(model, data.train.images[rows])
+    np.testing.assert_allclose(again, base_run.val_predictions["pred"], atol=1e-3)
+    ev = evaluate(base_run, data.train, subset="val", model=model)
+    assert ev.rmse == pytest.approx(base_run.metrics["val_rmse"], rel=1e-4)
+
+
+def test_flip_tta_is_mirror_consistent(base_run, data):
+    """With TTA, predicting a mirrored face gives the mirror of the prediction."""
+    from fkd_core.keypoints import flip_images, flip_keypoints
+
+    model = base_run.load_model()
+    images = data.train.images[:8]
+    a = predict_keypoints(model, images, tta=True)
+    b = predict_keypoints(model, flip_images(images), tta=True)
+    np.testing.assert_allclose(flip_keypoints(b), a, atol=1e-3)
+
+
+def test_submission_matches_lookup(base_run, data, tmp_path, demo_dir, models):
+    out = tmp_path / "submission.csv"
+    result = runner.invoke(app, ["submit", "base", "--data", str(demo_dir), "--models",
+                                 str(models), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["RowId", "Location"]
+    assert [int(r[0]) for r in rows[1:]] == data.lookup.RowId.tolist()
+    values = np.array([float(r[1]) for r in rows[1:]])
+    assert np.all((values >= 0) & (values <= 96))
+    frame = submission(base_run, data, tta=True)
+    np.testing.assert_allclose(values, frame.Location.to_numpy(), atol=1e-5)
+
+
+def test_evaluate_cli(base_run, demo_dir, models):
+    result = runner.invoke(app, ["evaluate", "base", "--data", str(demo_dir), "--models",
+                                 str(models), "--worst", "3"])
+    assert result.exit_code == 0, result.output
+    assert f"RMSE {base_run.metrics['val_rmse']:.3f} px" in result.output
+    for name in KEYPOINT_NAMES:
+        assert name in result.output
+
+
+def test_keyboard_interrupt_leaves_no_run(data, tmp_path):
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(data.train, TrainConfig(**TINY), tmp_path, run_id="killed", verbose=0,
+              extra_callbacks=[Interrupt()])
+    assert list(tmp_path.iterdir()) == []
+    assert runs.list_runs(tmp_path) == []
+
+
+def test_sigterm_mid_training_leaves_no_run(demo_dir, tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fkd_core.cli", "train", "--data", str(demo_dir), "--arch",
+         "simple", "--head", "regression", "--epochs", "500", "--batch-size", "8",
+         "--models", str(tmp_path), "--run-id", "victim"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+    )
+    deadline = time.monotonic() + 120
+    staging = tmp_path / ".incomplete-victim"
+    while not (staging / "history.csv").is_file() or (staging / "history.csv").stat().st_size == 0:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "training never got going"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "no run was saved" in output
+    assert not (tmp_path / "victim").exists()
+    assert not staging.exists()
+
+
+def test_corrupt_model_is_listed_as_broken(base_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "broken-run"
+    shutil.copytree(base_run.path, copy)
+    raw = (copy / "model.keras").read_bytes()
+    (copy / "model.keras").write_bytes(raw[: len(raw) // 3])
+    (tmp_path / "half-run").mkdir()
+    (tmp_path / "half-run" / "config.json").write_text("{}")
+    found = {r.id: r for r in runs.list_runs(tmp_path)}
+    assert "model.keras is not a valid Keras file" in found["broken-run"].error
+    assert "missing model.keras" in found["half-run"].error
+    result = runner.invoke(app, ["runs", "--models", str(tmp_path)])
+    assert result.exit_code == 0
+    assert "broken broken-run: model.keras is not a valid Keras file" in result.output
+    with pytest.raises(ValueError, match="broken"):
+        runs.resolve("broken-run", tmp_path)
+
+
+def test_specialists_combine_into_one_run(base_run, data, models):
+    assert len(specialist_groups("keypoint")) == 15
+    path = train_specialists(data.train, base_run, by="group", models_dir=models, epochs=1,
+                             steps_per_epoch=2, run_id="spec", verbose=0)
+    spec = runs.resolve(path)
+    assert spec.kind == "specialists"
+    assert spec.config["specialists"]["nose"] == ["nose_tip"]
+    assert spec.config["base_run"] == "base"
+    # The always-present keypoints' specialist trains on every training row, the eyes' only
+    # on complete rows.
+    nested = {
+        name: json.loads((path / "specialists" / name / "config.json").read_text())
+        for name in ("nose", "eyes")
+    }
+    assert nested["nose"]["data"]["train_rows"] == base_run.config["data"]["train_rows"]
+    complete_train = nested["eyes"]["data"]["train_rows"]
+    assert 0 < complete_train < nested["nose"]["data"]["train_rows"]
+    assert set(ALWAYS_PRESENT) >= {"nose_tip"}
+    # Its one model.keras reproduces its recorded validation predictions.
+    rows = spec.val_predictions["row_ids"]
+    again = predict_keypoints(spec.load_model(), data.train.images[rows])
+    np.testing.assert_allclose(again, spec.val_predictions["pred"], atol=1e-3)
+    assert submission(spec, data).shape == (len(data.lookup), 2)
+
+
+def test_ensemble_auto_weights(base_run, data, models):
+    other = runs.resolve(train(data.train, TrainConfig(**{**TINY, "arch": "alexnet",
+                                                          "width": 0.125}),
+                               models, run_id="other", verbose=0))
+    path = make_ensemble([base_run, other], weights="auto", models_dir=models, run_id="ens")
+    ens = runs.resolve(path)
+    inv = np.array([1 / base_run.val_rmse**2, 1 / other.val_rmse**2])
+    np.testing.assert_allclose(ens.config["weights"], inv / inv.sum(), rtol=1e-6)
+    images = data.train.images[:5]
+    w = ens.config["weights"]
+    expected = (w[0] * predict_keypoints(base_run.load_model(), images)
+                + w[1] * predict_keypoints(other.load_model(), images))
+    np.testing.assert_allclose(predict_keypoints(ens.load_model(), images), expected, atol=1e-3)
+    assert ens.metrics["val_rmse"] == pytest.approx(
+        metrics.rmse(ens.val_predictions["pred"], ens.val_predictions["truth"])
+    )
+
+
+def test_train_cli_rejects_bad_options(demo_dir, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(demo_dir), "--arch", "nope",
+                                 "--models", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "unknown architecture 'nope'" in result.output
+    result = runner.invoke(app, ["train", "--data", str(demo_dir), "--aug", "flip_prob=2",
+                                 "--models", str(tmp_path)])
+    assert result.exit_code == 1 and "flip_prob" in result.output
+    assert not any(Path(tmp_path).iterdir())
