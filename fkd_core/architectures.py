@@ -349,6 +349,8 @@ def _heatmap_head(
     """Upsample the coarsest map to the grid, concatenating same-size backbone maps on the way.
 
     A backbone that stays finer than the grid (``simple``) is max-pooled down to it instead.
+    Either way at least one conv + BN precedes the logits: it puts them on a scale where
+    the softmax can sharpen within a few hundred steps (raw ``simple`` features cannot).
     """
     if IMAGE_SIZE % grid_size:
         raise ValueError(f"grid_size must divide {IMAGE_SIZE}, not {grid_size}")
@@ -369,6 +371,8 @@ def _heatmap_head(
         x = _conv_bn(x, _ch(decoder_filters, width), 3, f"decoder{level}_conv")
     if size != grid_size:
         raise ValueError(f"cannot upsample to a {grid_size}×{grid_size} grid from this backbone")
+    if level == 0:
+        x = _conv_bn(x, _ch(decoder_filters, width), 3, "decoder1_conv")
     x = layers.Conv2D(N_KEYPOINTS, 1, name="heatmap_logits")(x)
     return SoftArgmax(temperature, learn_temperature, name="keypoints", dtype="float32")(x)
 
