@@ -45,13 +45,18 @@ def swap_labels(keypoints: np.ndarray) -> np.ndarray:
 
 
 def flip_audit(model, images: np.ndarray, keypoints: np.ndarray, *, batch_size: int = 256,
-               rows: np.ndarray | None = None) -> FlipAudit:
-    """Audit the complete rows (or the given positions) of a data set with one model."""
+               rows: np.ndarray | None = None, label_offset: float = 0.0) -> FlipAudit:
+    """Audit the complete rows (or the given positions) of a data set with one model.
+
+    ``label_offset`` is the run's calibrated label offset, so labels are mirrored about the
+    data set's own axis.
+    """
     if rows is None:
         rows = np.flatnonzero(np.isfinite(keypoints).all(axis=1))
     flipped_images = flip_images(images[rows])
-    flipped_truth = flip_keypoints(keypoints[rows])
-    pred = predict_keypoints(model, flipped_images, batch_size=batch_size)
+    flipped_truth = flip_keypoints(keypoints[rows], label_offset)
+    pred = predict_keypoints(model, flipped_images, batch_size=batch_size,
+                             label_offset=label_offset)
     return FlipAudit(
         rows=rows,
         flipped_pred=pred,

@@ -180,6 +180,9 @@ def make_ensemble(runs, *, weights: str = "equal", models_dir="models",
     prints = {r.config.get("data", {}).get("fingerprint") for r in runs}
     if len(prints) != 1:
         raise ValueError("ensemble members were trained on different data")
+    offsets = {r.label_offset for r in runs}
+    if len(offsets) != 1:
+        raise ValueError("ensemble members were trained with different label offsets")
     shared = runs[0].val_predictions["row_ids"]
     for r in runs[1:]:
         shared = np.intersect1d(shared, r.val_predictions["row_ids"])
@@ -213,6 +216,7 @@ def make_ensemble(runs, *, weights: str = "equal", models_dir="models",
             "members": [r.id for r in runs],
             "weights": w.tolist(),
             "weight_mode": weights,
+            "label_offset": runs[0].label_offset,
             "split": first.get("split") or {
                 k: first.get("train", {}).get(k) for k in ("val_fraction", "seed")
             },

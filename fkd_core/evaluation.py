@@ -11,7 +11,6 @@ import pandas as pd
 from fkd_core import kaggle, metrics
 from fkd_core.dataset import KaggleData, KeypointSet
 from fkd_core.keypoints import COLUMN_NAMES, IMAGE_SIZE, KEYPOINT_NAMES
-from fkd_core.predict import predict_keypoints
 from fkd_core.runs import Run
 
 
@@ -66,8 +65,7 @@ def evaluation_rows(run: Run, data: KeypointSet, subset: str) -> np.ndarray:
 def evaluate(run: Run, data: KeypointSet, *, subset: str = "val", tta: bool = False,
              model=None) -> Evaluation:
     rows = evaluation_rows(run, data, subset)
-    model = model or run.load_model()
-    pred = predict_keypoints(model, data.images[rows], tta=tta)
+    pred = run.predict(data.images[rows], tta=tta, model=model)
     return Evaluation(subset, data.row_ids[rows], pred, data.keypoints[rows])
 
 
@@ -80,8 +78,7 @@ def submission(run: Run, data: KaggleData, *, tta: bool = True, model=None) -> p
         raise kaggle.KaggleFormatError(
             data.path, f"a submission needs {kaggle.TEST} and {kaggle.LOOKUP}"
         )
-    model = model or run.load_model()
-    pred = np.clip(predict_keypoints(model, data.test.images, tta=tta), 0.0, float(IMAGE_SIZE))
+    pred = np.clip(run.predict(data.test.images, tta=tta, model=model), 0.0, float(IMAGE_SIZE))
     position = pd.Series(np.arange(len(data.test)), index=data.test.image_ids)
     rows = position.loc[data.lookup.ImageId.to_numpy()].to_numpy()
     cols = pd.Series(np.arange(len(COLUMN_NAMES)), index=COLUMN_NAMES)

@@ -138,11 +138,15 @@ def column_indices(names) -> np.ndarray:
     return np.array([c for i in idx for c in (2 * i, 2 * i + 1)], dtype=np.int64)
 
 
-def flip_keypoints(keypoints: np.ndarray) -> np.ndarray:
-    """Keypoints (..., 30) of the horizontally flipped image: mirror x, swap left/right."""
+def flip_keypoints(keypoints: np.ndarray, label_offset: float = 0.0) -> np.ndarray:
+    """Keypoints (..., 30) of the horizontally flipped image: mirror x, swap left/right.
+
+    ``label_offset`` is how far a data set's x labels sit right of the pixel-index
+    convention (see :mod:`fkd_core.calibration`); the mirror is then x → 95 + 2·offset − x.
+    """
     kp = np.asarray(keypoints, dtype=np.float32)
     out = kp[..., FLIP_COLUMN_PERMUTATION].copy()
-    out[..., 0::2] = FLIP_X_SUM - out[..., 0::2]
+    out[..., 0::2] = FLIP_X_SUM + 2.0 * label_offset - out[..., 0::2]
     return out
 
 

@@ -8,9 +8,12 @@ from fkd_core.keypoints import flip_images, flip_keypoints
 from fkd_core.targets import denormalise_keypoints
 
 
-def predict_keypoints(model, images: np.ndarray, *, tta: bool = False, batch_size: int = 256):
+def predict_keypoints(model, images: np.ndarray, *, tta: bool = False, batch_size: int = 256,
+                      label_offset: float = 0.0):
     """Keypoints (N, 30) in pixels for uint8 images (N, 96, 96).
 
+    Models predict in the pixel-index convention; ``label_offset`` (a run's calibrated
+    offset, :mod:`fkd_core.calibration`) moves x back into its data set's convention.
     With ``tta`` the model also sees each face mirrored; that prediction is mirrored back
     (x → 95 − x, left/right labels swapped) and averaged with the plain one.
     """
@@ -28,4 +31,5 @@ def predict_keypoints(model, images: np.ndarray, *, tta: bool = False, batch_siz
     pred = run(images)
     if tta:
         pred = 0.5 * (pred + flip_keypoints(run(flip_images(images))))
+    pred[:, 0::2] += label_offset
     return pred.astype(np.float32)

@@ -46,6 +46,19 @@ class Run:
         return self.config.get("arch") or train.get("arch", "?")
 
     @property
+    def label_offset(self) -> float:
+        """The x offset of its data set's labels that the run was trained with."""
+        return float(self.config.get("label_offset", self.config.get("train", {}).get(
+            "label_offset") or 0.0))
+
+    def predict(self, images: np.ndarray, *, tta: bool = False, model=None) -> np.ndarray:
+        """Keypoints in pixels (the data set's convention) for uint8 faces (N, 96, 96)."""
+        from fkd_core.predict import predict_keypoints
+
+        model = model if model is not None else self.load_model()
+        return predict_keypoints(model, images, tta=tta, label_offset=self.label_offset)
+
+    @property
     def val_rmse(self) -> float | None:
         return self.metrics.get("val_rmse")
 
@@ -128,4 +141,54 @@ def resolve(run: str | os.PathLike, models_dir: str | os.PathLike = "models") ->
     found = read_run(path)
     if found.error:
         raise ValueError(f"run {found.id} is broken: {found.error}")
+    return found
+
+
+def images_key(parts: dict[str, np.ndarray]) -> str:
+    """A short digest of named image arrays: names the predictions file of exactly these images.
+
+    Hashing the pixels (not a path or a file's mtime) means a renamed or re-zipped data set
+    reuses its predictions and an edited one never gets stale ones.
+    """
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    for name in sorted(parts):
+        images = np.ascontiguousarray(parts[name])
+        h.update(f"{name}:{images.dtype}:{images.shape};".encode())
+        h.update(memoryview(images).cast("B"))
+    return h.hexdigest()
+
+
+def cached_predictions(run: Run, parts: dict[str, np.ndarray], *, model=None) -> dict:
+    """Plain predictions (pixels, (N, 30) per part) of a run on named image arrays.
+
+    Computed once and kept in the run folder as ``predictions-<images_key>.npz`` (written to
+    a temporary file, then renamed, so a reader never sees half a file), so a dashboard
+    restart does not run the model again. A missing, stale or unreadable cache file is
+    recomputed; a read-only run folder just keeps them in memory.
+    """
+    import tempfile
+
+    path = run.path / f"predictions-{images_key(parts)}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            found = {name: z[name] for name in parts}
+        if all(found[n].shape == (len(parts[n]), 30) for n in parts):
+            return found
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        pass
+    model = model if model is not None else run.load_model()
+    found = {name: run.predict(images, model=model) for name, images in parts.items()}
+    try:
+        fd, tmp = tempfile.mkstemp(dir=run.path, prefix=".predictions-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **found)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError:
+        pass
     return found

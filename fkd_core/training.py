@@ -49,6 +49,7 @@ class TrainConfig:
     keypoints: list[str] | None = None  # train only these (specialists); None = all 15
     init_from: str | None = None  # run folder whose model.keras is the starting point
     max_minutes: float | None = None  # stop after this much training time (best weights kept)
+    label_offset: float | None = None  # labels' x offset from pixel indices; None: estimate
     steps_per_epoch: int | None = None  # cap (tests and smoke runs)
 
     def __post_init__(self):
@@ -198,6 +199,7 @@ def training_targets(data: KeypointSet, config: TrainConfig) -> tuple[np.ndarray
     keypoints that is every row, not just the complete ~30 %.
     """
     targets = data.keypoints.copy()
+    targets[:, 0::2] -= config.label_offset or 0.0  # models learn pixel-index coordinates
     if config.keypoints is None:
         return np.arange(len(data)), targets
     keep = column_indices(config.keypoints)
@@ -227,6 +229,13 @@ def train(
 
     keras.utils.set_random_seed(config.seed)
     run_id = run_id or new_run_id(config)
+    if config.label_offset is None:
+        from fkd_core.calibration import estimate_label_offset
+
+        config = dataclasses.replace(
+            config, label_offset=estimate_label_offset(data.images, data.keypoints)
+        )
+    offset = config.label_offset
     train_pos, val_pos = data.split(config.val_fraction, config.seed)
     usable, targets = training_targets(data, config)
     train_pos = np.intersect1d(train_pos, usable)
@@ -281,9 +290,11 @@ def train(
         model.save(staging / "model.keras")
 
         val_images = data.images[val_pos]
-        pred = predict_keypoints(model, val_images)
-        pred_tta = predict_keypoints(model, val_images, tta=True)
-        truth = targets[val_pos] if config.keypoints else data.keypoints[val_pos]
+        pred = predict_keypoints(model, val_images, label_offset=offset)
+        pred_tta = predict_keypoints(model, val_images, tta=True, label_offset=offset)
+        truth = data.keypoints[val_pos].copy()
+        if config.keypoints:  # a specialist is scored on its own keypoints only
+            truth[np.isnan(targets[val_pos])] = np.nan
         write_predictions(staging, data.row_ids[val_pos], pred, pred_tta, truth)
         write_json(staging / "metrics.json", metrics_report(pred, pred_tta, truth))
         run_config = {

@@ -53,6 +53,7 @@ def test_run_folder_is_complete(base_run, data):
     assert config["train"]["augment"]["flip_prob"] == 0.5  # the full augmentation config
     assert config["data"]["fingerprint"] == data.train.fingerprint
     assert config["fkd_version"] and config["wall_seconds"] > 0 and config["epochs_run"] == 1
+    assert config["train"]["label_offset"] == 0.0  # demo labels follow Kaggle's convention
     with open(base_run.path / "history.csv") as f:
         history = list(csv.DictReader(f))
     assert len(history) == 1 and "val_rmse_px" in history[0]
@@ -215,3 +216,20 @@ def test_train_cli_rejects_bad_options(demo_dir, tmp_path):
                                  "--models", str(tmp_path)])
     assert result.exit_code == 1 and "flip_prob" in result.output
     assert not any(Path(tmp_path).iterdir())
+
+
+def test_label_offset_is_learned_in_index_space_and_added_back(data, tmp_path):
+    """Labels 1 px right of the index convention: the model learns index coordinates and the
+    run adds the offset back, so reported predictions sit in the data's own convention."""
+    shifted = data.train.subset(np.arange(len(data.train)))
+    shifted.keypoints = shifted.keypoints.copy()
+    shifted.keypoints[:, 0::2] += 1.0
+    path = train(shifted, TrainConfig(**TINY), tmp_path, run_id="offset", verbose=0)
+    run = runs.resolve(path)
+    assert run.label_offset == pytest.approx(1.0, abs=0.2)
+    images = shifted.images[:4]
+    model = run.load_model()
+    plain = predict_keypoints(model, images)
+    moved = run.predict(images, model=model)
+    np.testing.assert_allclose(moved[:, 0::2] - plain[:, 0::2], run.label_offset, atol=1e-4)
+    np.testing.assert_allclose(moved[:, 1::2], plain[:, 1::2], atol=1e-4)

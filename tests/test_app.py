@@ -1,0 +1,357 @@
+"""The dashboard in a real browser: the real server, the demo data, a tiny trained run.
+
+Headless Debian Chromium driven by Playwright (no browser download). Every test saves a
+screenshot of what it saw under its tmp dir and names it in the failure message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app/ is not installed
+
+from app import screenshots as ui  # noqa: E402
+from app.serve import Server  # noqa: E402
+from fkd_core import metrics  # noqa: E402
+from fkd_core.keypoints import KEYPOINT_NAMES  # noqa: E402
+
+pytestmark = pytest.mark.slow
+sync_api = pytest.importorskip("playwright.sync_api")
+if not Path(ui.CHROMIUM).exists() and not os.environ.get("CI"):
+    pytest.skip(f"no Chromium at {ui.CHROMIUM} (apt-get install chromium)",
+                allow_module_level=True)
+
+RUN = "tiny"
+
+
+# -- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, demo_dir) -> Path:
+    """A tiny real run, a copy of it (to compare), a corrupt folder and an unloadable model."""
+    out = tmp_path_factory.mktemp("models")
+    subprocess.run(
+        [sys.executable, "-m", "fkd_core.cli", "train", "--data", str(demo_dir),
+         "--arch", "simple", "--head", "regression", "--epochs", "1", "--steps-per-epoch", "3",
+         "--models", str(out), "--run-id", RUN],
+        check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
+    )
+    shutil.copytree(out / RUN, out / f"{RUN}-copy")
+    broken = out / "broken-model"
+    shutil.copytree(out / RUN, broken)
+    (broken / "model.keras").write_bytes(b"this is not a zip file")
+    unloadable = out / "unloadable-weights"
+    shutil.copytree(out / RUN, unloadable)
+    with zipfile.ZipFile(unloadable / "model.keras", "w") as zf:
+        zf.writestr("config.json", json.dumps({"class_name": "NoSuchLayer", "config": {}}))
+        zf.writestr("model.weights.h5", b"garbage")
+    m = json.loads((unloadable / "metrics.json").read_text())
+    m["val_rmse"] = 999.0  # last on the leaderboard, so it is never the default run
+    (unloadable / "metrics.json").write_text(json.dumps(m))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(demo_dir, models, tmp_path_factory):
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    srv = Server(demo_dir, models, log=log)
+    try:
+        srv.start()
+    except (RuntimeError, TimeoutError) as exc:
+        pytest.fail(f"{exc}; server log:\n{log.read_text()[-3000:]}")
+    yield srv.url
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = ui.launch(p)
+        yield b
+        b.close()
+
+
+class Session:
+    """A browser tab on the dashboard; keeps console errors and screenshots."""
+
+    def __init__(self, browser, url: str, shots: Path):
+        self.page, self.errors = ui.open_page(browser, url)
+        self.shots = shots
+        self.saved: list[Path] = []
+
+    def shot(self, name: str) -> Path:
+        path = ui.save(self.page, self.shots / f"{name}.png", full_page=True)
+        self.saved.append(path)
+        return path
+
+    def where(self) -> str:
+        return "screenshots: " + ", ".join(map(str, self.saved or [self.shot("failure")]))
+
+    def check(self, condition: bool, what: str) -> None:
+        assert condition, f"{what} ({self.where()})"
+
+    def check_console(self) -> None:
+        assert not self.errors, f"browser console errors: {self.errors} ({self.where()})"
+
+
+@pytest.fixture
+def session(browser, server, tmp_path):
+    s = Session(browser, server, tmp_path)
+    yield s
+    s.page.close()
+
+
+def _expect_text(s: Session, text, timeout: float = 30_000):
+    try:
+        s.page.get_by_text(text).first.wait_for(timeout=timeout)
+    except sync_api.TimeoutError:
+        pytest.fail(f"{text!r} never appeared ({s.where()})")
+
+
+def _caption_values(captions: list[str]) -> tuple[list[int], list[float]]:
+    rows, values = [], []
+    for c in captions:
+        m = re.match(r"row (\d+) · ([\d.]+) px", c)
+        assert m, c
+        rows.append(int(m.group(1)))
+        values.append(float(m.group(2)))
+    return rows, values
+
+
+def _val_predictions(models: Path) -> dict:
+    with np.load(models / RUN / "val_predictions.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def _wait_for_new_captions(s: Session, old: list[str]) -> list[str]:
+    for _ in range(100):
+        now = ui.captions(s.page)
+        if now and now != old:
+            return now
+        s.page.wait_for_timeout(100)
+    pytest.fail(f"the faces did not change ({s.where()})")
+
+
+# -- leaderboard ------------------------------------------------------------------------
+
+
+def test_leaderboard_lists_runs_heatmap_and_broken_folders(session):
+    s = session
+    table = s.page.locator(".fkd-leaderboard")
+    table.get_by_text(RUN, exact=True).wait_for()
+    s.check(table.get_by_text(f"{RUN}-copy", exact=True).is_visible(), "second run listed")
+    _expect_text(s, "broken-model")
+    _expect_text(s, "model.keras is not a valid Keras file")
+    cells = s.page.evaluate("""() => {
+        const fig = Bokeh.documents[0].get_model_by_name('fkd-heatmap');
+        const view = Bokeh.index.find_one(fig);
+        return view === null ? -1 : fig.renderers[0].data_source.data.rmse.length;
+    }""")
+    s.check(cells == 3 * len(KEYPOINT_NAMES), f"heatmap has 3 runs × 15 cells, got {cells}")
+    s.check(s.page.locator(".fkd-heatmap canvas").first.is_visible(), "heatmap is drawn")
+    s.shot("leaderboard")
+    s.check_console()
+
+
+def test_heatmap_cell_opens_grid_sorted_by_that_keypoint(session, models):
+    s = session
+    s.page.locator(".fkd-leaderboard").get_by_text(RUN, exact=True).wait_for()
+    point = s.page.evaluate("""([run, keypoint]) => {
+        const fig = Bokeh.documents[0].get_model_by_name('fkd-heatmap');
+        const view = Bokeh.index.find_one(fig);
+        const box = view.el.getBoundingClientRect();
+        const x = view.frame.x_scale.compute(fig.x_range.synthetic(keypoint));
+        const y = view.frame.y_scale.compute(fig.y_range.synthetic(run));
+        return [box.x + x, box.y + y];
+    }""", [RUN, "nose_tip"])
+    s.page.mouse.click(*point)
+    s.page.locator(".bk-tab.bk-active", has_text="Faces").wait_for()
+    captions = ui.wait_for_faces(s.page)
+    s.shot("grid-nose-tip")
+    s.check(s.page.locator(".fkd-keypoint select").input_value() == "nose_tip",
+            "keypoint chosen")
+    _expect_text(s, "worst first by nose_tip error")
+    val = _val_predictions(models)
+    k = KEYPOINT_NAMES.index("nose_tip")
+    dist = metrics.per_keypoint_distance(val["pred"], val["truth"])[:, k]
+    expected = np.sort(dist[np.isfinite(dist)])[::-1]
+    _, values = _caption_values(captions)
+    np.testing.assert_allclose(values, expected[:len(values)], atol=0.011,
+                               err_msg=s.where())
+    s.check_console()
+
+
+# -- face grid --------------------------------------------------------------------------
+
+
+def test_grid_shows_worst_faces_first(session, models):
+    s = session
+    ui.goto_tab(s.page, "Faces")
+    captions = ui.wait_for_faces(s.page)
+    s.shot("grid-worst-first")
+    val = _val_predictions(models)
+    err = metrics.per_image_rmse(val["pred"], val["truth"])
+    order = np.argsort(-err, kind="stable")
+    rows, values = _caption_values(captions)
+    s.check(len(rows) == min(24, len(err)), f"a full page of validation faces: {captions}")
+    np.testing.assert_allclose(values, err[order][:len(values)], atol=0.011, err_msg=s.where())
+    s.check(set(rows) == set(val["row_ids"][order][:len(rows)].tolist()),
+            "the worst faces of the run's validation predictions")
+    s.check_console()
+
+
+def test_grid_pages_through_all_faces(session, demo_dir):
+    s = session
+    ui.goto_tab(s.page, "Faces")
+    ui.wait_for_faces(s.page)
+    first = ui.captions(s.page)
+    ui.choose(s.page, "fkd-subset", "all")
+    page1 = _wait_for_new_captions(s, first)
+    s.check(len(page1) == 24, f"a full page of 24 faces, got {len(page1)}")
+    _expect_text(s, "page 1 of 5")
+    s.page.locator(".fkd-next button").click()
+    page2 = _wait_for_new_captions(s, page1)
+    s.shot("grid-page-2")
+    s.check(len(page2) == 24, f"page 2 has 24 faces, got {len(page2)}")
+    s.check(not set(_caption_values(page1)[0]) & set(_caption_values(page2)[0]),
+            "page 2 shows other faces")
+    _expect_text(s, "page 2 of 5")
+    ui.choose(s.page, "fkd-sort", "row order")
+    rows, _ = _caption_values(_wait_for_new_captions(s, page2))
+    s.check(rows == list(range(24)), f"row order starts at row 0: {rows}")
+    s.check_console()
+
+
+def test_clicking_a_face_opens_its_detail(session):
+    s = session
+    ui.goto_tab(s.page, "Faces")
+    captions = ui.wait_for_faces(s.page)
+    row = _caption_values(captions)[0][0]
+    ui.click_face(s.page, 0)
+    table = s.page.locator("table.fkd-keypoints")
+    table.wait_for()
+    s.shot("detail")
+    s.check(table.locator("tbody tr").count() == 15, "one table row per keypoint")
+    _expect_text(s, f"training.csv row {row} (line {row + 2})")
+    s.check(table.get_by_text("nose_tip").is_visible(), "keypoint names listed")
+    s.page.locator(".pnx-dialog-close").click()
+    table.wait_for(state="hidden")
+    s.check_console()
+
+
+def test_compare_runs_and_test_faces(session):
+    s = session
+    ui.goto_tab(s.page, "Faces")
+    single = ui.wait_for_faces(s.page)
+    ui.choose(s.page, "fkd-compare", f"{RUN}-copy")
+    _expect_text(s, "each pair: left")
+    paired = ui.captions(s.page)
+    s.check(len(paired) == 2 * len(single), "each face shown for both runs")
+    s.check(paired[0::2] == paired[1::2], "a copy of a run predicts the same")
+    s.shot("compare")
+    ui.choose(s.page, "fkd-compare", "(none)")
+    ui.choose(s.page, "fkd-subset", "test")
+    _expect_text(s, re.compile(r"^test image \d+$"))
+    test_captions = ui.captions(s.page)
+    s.check(len(test_captions) == 24, f"a page of test faces: {test_captions}")
+    s.shot("test-faces")
+    s.check_console()
+
+
+def test_unloadable_model_shows_a_message_and_the_rest_works(session):
+    s = session
+    ui.goto_tab(s.page, "Faces")
+    ui.wait_for_faces(s.page)
+    ui.choose(s.page, "fkd-run", "unloadable-weights")
+    _expect_text(s, "run unloadable-weights could not be loaded", timeout=60_000)
+    s.shot("unloadable")
+    s.check(not ui.captions(s.page), "no faces for a run that will not load")
+    s.check("Traceback" not in s.page.content(), "no traceback in the page")
+    ui.choose(s.page, "fkd-run", RUN)
+    ui.wait_for_faces(s.page)
+    s.check_console()
+
+
+# -- data overview ----------------------------------------------------------------------
+
+
+def test_data_view(session):
+    s = session
+    ui.goto_tab(s.page, "Data")
+    _expect_text(s, "120 training rows")
+    _expect_text(s, "Labelled rows per keypoint")
+    s.check(s.page.locator(".fkd-counts canvas").first.is_visible(), "counts chart drawn")
+    s.check(s.page.locator(".fkd-positions canvas").first.is_visible(), "positions drawn")
+    _expect_text(s, re.compile(r"^nose_tip — complete rows: \d+ labels"))
+    ui.choose(s.page, "fkd-data-keypoint", "left_eye_center")
+    _expect_text(s, re.compile(r"^left_eye_center — complete rows"))
+    s.shot("data")
+    s.check_console()
+
+
+# -- servers with problems --------------------------------------------------------------
+
+
+def test_missing_data_path_shows_a_message_and_the_leaderboard(browser, models, tmp_path):
+    missing = tmp_path / "no-such-data"
+    with Server(missing, models, log=tmp_path / "server.log") as url:
+        s = Session(browser, url, tmp_path)
+        _expect_text(s, "Could not load the data")
+        _expect_text(s, str(missing))
+        s.page.locator(".fkd-leaderboard").get_by_text(RUN, exact=True).wait_for()
+        s.shot("missing-data")
+        ui.goto_tab(s.page, "Faces")
+        _expect_text(s, "No data to show")
+        ui.goto_tab(s.page, "Data")
+        _expect_text(s, "No training data to show")
+        s.check("Traceback" not in s.page.content(), "no traceback in the page")
+        s.check_console()
+
+
+def test_no_runs_says_how_to_make_one(browser, demo_dir, tmp_path):
+    empty = tmp_path / "no-runs"
+    with Server(demo_dir, empty, log=tmp_path / "server.log") as url:
+        s = Session(browser, url, tmp_path)
+        _expect_text(s, "No trained runs yet")
+        _expect_text(s, f"fkd train --data {demo_dir} --epochs 5 --models {empty}")
+        s.shot("no-runs")
+        ui.goto_tab(s.page, "Faces")
+        _expect_text(s, "No trained runs yet — the leaderboard tab says how to make one")
+        s.check_console()
+
+
+# -- real faces -------------------------------------------------------------------------
+
+
+@pytest.mark.faces15
+def test_real_faces15_data(browser, faces15, tmp_path):
+    """The dashboard on the real faces15 set with a tiny run trained on it."""
+    models = tmp_path / "models"
+    subprocess.run(
+        [sys.executable, "-m", "fkd_core.cli", "train", "--data", str(faces15), "--arch",
+         "simple", "--head", "regression", "--epochs", "1", "--steps-per-epoch", "3",
+         "--models", str(models), "--run-id", "faces15-tiny"],
+        check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
+    )
+    with Server(faces15, models, log=tmp_path / "server.log") as url:
+        s = Session(browser, url, tmp_path)
+        s.page.locator(".fkd-leaderboard").get_by_text("faces15-tiny", exact=True).wait_for()
+        ui.goto_tab(s.page, "Faces")
+        ui.wait_for_faces(s.page)
+        s.check(len(ui.captions(s.page)) == 24, "a full page of faces15 validation faces")
+        s.shot("faces15-grid")
+        ui.goto_tab(s.page, "Data")
+        _expect_text(s, "3372 training rows")
+        s.shot("faces15-data")
+        s.check_console()
