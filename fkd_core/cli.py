@@ -362,6 +362,34 @@ def ensemble_cmd(
     _print_run_result(path)
 
 
+@app.command("serve")
+def serve_cmd(
+    data: Path = typer.Option(None, "--data", help="Kaggle data folder/archive (default: demo)."),
+    models: Path = typer.Option(Path("models"), "--models", help="Folder of runs."),
+    port: int = typer.Option(5006, "--port"),
+    address: str = typer.Option("127.0.0.1", "--address",
+                                help="Interface to listen on (default: this machine only)."),
+    show: bool = typer.Option(False, "--show", help="Open the page in a web browser."),
+):
+    """Serve the dashboard (the page `panel serve app/` serves) on this data and these runs."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "app" / "serve.py"
+    if not script.is_file():
+        fail(f"the dashboard lives in fkd's source tree; {script} is missing")
+    args = [sys.executable, str(script), "--models", str(models), "--port", str(port),
+            "--address", address]
+    if data is not None:
+        args += ["--data", str(data)]
+    if show:
+        args.append("--show")
+    try:
+        code = subprocess.call(args)
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
+
+
 @app.command("archs")
 def archs_cmd():
     """List the architectures `fkd train --arch` accepts."""

@@ -18,12 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app/ is not installed
-
-from app import screenshots as ui  # noqa: E402
-from app.serve import Server  # noqa: E402
-from fkd_core import metrics  # noqa: E402
-from fkd_core.keypoints import KEYPOINT_NAMES  # noqa: E402
+from app import screenshots as ui
+from app.serve import Server
+from fkd_core import metrics
+from fkd_core.keypoints import KEYPOINT_NAMES
 
 pytestmark = pytest.mark.slow
 sync_api = pytest.importorskip("playwright.sync_api")

@@ -11,11 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app/ is not installed
-
-from app.state import Settings, Store, Unavailable, train_command  # noqa: E402
-from fkd_core import metrics, runs  # noqa: E402
-from fkd_core.targets import normalise_keypoints  # noqa: E402
+from app.state import Settings, Store, Unavailable, train_command
+from fkd_core import metrics, runs
+from fkd_core.targets import normalise_keypoints
 
 
 class ConstantModel:

@@ -1,0 +1,1 @@
+"""The fkd dashboard (``panel serve app/``): leaderboard, face grid and data overview."""

@@ -1,0 +1,140 @@
+"""Driving the dashboard in headless Chromium: the browser tests' helpers and the README shots.
+
+``python -m app.screenshots OUTDIR [--data PATH] [--models DIR]`` starts the server, opens
+each view and writes ``leaderboard.png``, ``grid.png``, ``detail.png`` and ``data.png``
+(1200 × 800, palette PNGs). Uses Debian's Chromium; never downloads a browser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tempfile
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+VIEWPORT = {"width": 1200, "height": 800}
+#: A grid caption: training faces "row 57 · 3.21 px", test faces "test image 12".
+CAPTION = re.compile(r"^(row \d+ · ([\d.]+ px|no labels)|test image \d+)$")
+TIMEOUT_MS = 90_000  # the first grid waits for the model's predictions
+
+
+def launch(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                      args=BROWSER_ARGS)
+
+
+def open_page(browser, url: str):
+    """A page on ``url`` and the list its console errors and uncaught exceptions go to."""
+    page = browser.new_page(viewport=VIEWPORT)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    page.goto(url)
+    page.locator(".bk-tab", has_text="Leaderboard").wait_for(timeout=TIMEOUT_MS)
+    return page, errors
+
+
+def goto_tab(page, name: str) -> None:
+    page.locator(".bk-tab", has_text=name).click()
+    page.locator(".bk-tab.bk-active", has_text=name).wait_for()
+
+
+def caption_locator(page):
+    return page.get_by_text(CAPTION)
+
+
+def wait_for_faces(page, timeout: float = TIMEOUT_MS) -> list[str]:
+    """The grid's captions, once at least one face is drawn."""
+    caption_locator(page).first.wait_for(timeout=timeout)
+    return captions(page)
+
+
+def captions(page) -> list[str]:
+    return caption_locator(page).all_inner_texts()
+
+
+def choose(page, css_class: str, label: str) -> None:
+    """Pick an option of one of the page's Select widgets (found by its CSS class)."""
+    page.locator(f".{css_class} select").select_option(label=label)
+
+
+def click_face(page, index: int = 0) -> None:
+    """Click the middle of the grid's index-th face (the geometry is app.faces')."""
+    from app.faces import CAPTION as CAPTION_PX
+    from app.faces import GAP, SCALE
+
+    box = page.locator(".fkd-grid-faces").bounding_box()
+    per_row = round(box["width"] / (SCALE * (96 + GAP)))
+    col, row = index % per_row, index // per_row
+    x = (col * (96 + GAP) + GAP / 2 + 48) * SCALE
+    y = (row * (96 + GAP + CAPTION_PX) + GAP / 2 + 48) * SCALE
+    page.mouse.click(box["x"] + x, box["y"] + y)
+
+
+def save(page, path: Path, full_page: bool = False) -> Path:
+    """Screenshot, then shrink to a palette PNG (faces are grey, markers few colours)."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path), full_page=full_page)
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE)
+    small.save(path, optimize=True)
+    return path
+
+
+def shoot_all(url: str, out: Path) -> dict[str, Path]:
+    """Open every view and save one screenshot of each into ``out``."""
+    from playwright.sync_api import sync_playwright
+
+    out = Path(out)
+    shots = {}
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page, errors = open_page(browser, url)
+            page.wait_for_timeout(1500)
+            shots["leaderboard"] = save(page, out / "leaderboard.png")
+            goto_tab(page, "Faces")
+            wait_for_faces(page)
+            page.wait_for_timeout(1000)
+            shots["grid"] = save(page, out / "grid.png")
+            click_face(page, 0)
+            page.locator("table.fkd-keypoints").wait_for()
+            page.wait_for_timeout(800)
+            shots["detail"] = save(page, out / "detail.png")
+            page.locator(".pnx-dialog-close").click()
+            goto_tab(page, "Data")
+            page.locator(".fkd-positions").wait_for()
+            page.wait_for_timeout(1000)
+            shots["data"] = save(page, out / "data.png")
+            if errors:
+                print("browser console errors:\n  " + "\n  ".join(errors))
+        finally:
+            browser.close()
+    return shots
+
+
+def main(argv: list[str] | None = None) -> int:
+    from app.serve import Server
+
+    parser = argparse.ArgumentParser(prog="python -m app.screenshots", description=__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--data")
+    parser.add_argument("--models", default="models")
+    args = parser.parse_args(argv)
+    log = Path(tempfile.gettempdir()) / "fkd-screenshots-server.log"
+    with Server(args.data, args.models, log=log) as url:
+        for name, path in shoot_all(url, args.out).items():
+            print(f"{name:<12} {path} ({path.stat().st_size // 1024} KiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

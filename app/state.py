@@ -1,0 +1,241 @@
+"""The process-wide store: data, runs and predictions, loaded once and shared by every session.
+
+Panel runs ``app/main.py`` once per browser session, but this module is imported once per
+server process, so everything here (a few hundred MB for Kaggle-size data) exists once no
+matter how many tabs are open. Nothing here imports Panel or Bokeh: the benchmark and the
+tests use the store directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fkd_core import metrics, runs
+from fkd_core.keypoints import KEYPOINT_NAMES
+
+#: The grid's subsets, as the page names them.
+SUBSETS = ("validation", "training", "all", "test")
+
+
+class Unavailable(Exception):
+    """Something a view cannot show, with a message meant for the page (never a traceback)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the data and the runs are; ``data`` None means the embedded demo set."""
+
+    data: str | None = None
+    models: str = "models"
+
+    @classmethod
+    def from_args(cls, argv: list[str], environ=os.environ) -> Settings:
+        """``--data``/``--models`` (``panel serve app/ --args ...``), else FKD_DATA/FKD_MODELS."""
+        parser = argparse.ArgumentParser(prog="app", add_help=False)
+        parser.add_argument("--data", default=environ.get("FKD_DATA") or None)
+        parser.add_argument("--models", default=environ.get("FKD_MODELS") or "models")
+        args, _ = parser.parse_known_args(argv)
+        return cls(args.data, args.models)
+
+
+def train_command(settings: Settings, data_path: str) -> str:
+    """The exact command that makes a first run for this server's data and models folder."""
+    parts = ["fkd", "train", "--data", data_path, "--epochs", "5"]
+    if Path(settings.models) != Path("models"):
+        parts += ["--models", settings.models]
+    return shlex.join(parts)
+
+
+class Store:
+    """Data, run list, whole-data predictions and per-face errors for one (data, models) pair.
+
+    Every method is safe to call from several sessions' threads at once; a run's predictions
+    are computed by one thread while the others wait for them.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.models_dir = Path(settings.models)
+        self.data = None
+        self.data_error: str | None = None
+        self.data_path = settings.data or ""
+        self._lock = threading.Lock()
+        self._run_locks: dict[str, threading.Lock] = {}
+        self._runs: list[runs.Run] = []
+        self._runs_stamp: object = None
+        self._predictions: dict[str, dict[str, np.ndarray]] = {}
+        self._prediction_errors: dict[str, str] = {}
+        self._errors: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._images_key = ""
+        self.mean_face: np.ndarray | None = None
+        self._load_data()
+
+    # -- data ---------------------------------------------------------------------------
+
+    def _load_data(self) -> None:
+        from fkd_core import dataset
+        from fkd_core.kaggle import KaggleFormatError
+
+        try:
+            path = self.settings.data or str(dataset.demo_path())
+            self.data_path = path
+            data = dataset.load(path, parts=("training", "test"))
+            if data.train is None and data.test is None:
+                raise KaggleFormatError(path, "no training.csv or test.csv found here")
+        except (KaggleFormatError, OSError) as exc:
+            self.data_error = str(exc)
+            return
+        self.data = data
+        if data.train is not None and len(data.train):
+            self.mean_face = data.train.images.mean(axis=0, dtype=np.float32)
+
+    @property
+    def train(self):
+        return None if self.data is None else self.data.train
+
+    @property
+    def test(self):
+        return None if self.data is None else self.data.test
+
+    def _parts(self) -> dict[str, np.ndarray]:
+        parts = {}
+        if self.train is not None:
+            parts["train"] = self.train.images
+        if self.test is not None:
+            parts["test"] = self.test.images
+        return parts
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def runs(self) -> list[runs.Run]:
+        """Every run folder (broken ones too), re-read only when the models folder changed."""
+        try:
+            stamp = self.models_dir.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        with self._lock:
+            if stamp != self._runs_stamp or stamp is None:
+                self._runs = runs.list_runs(self.models_dir)
+                self._runs_stamp = stamp
+            return list(self._runs)
+
+    def ok_runs(self) -> list[runs.Run]:
+        """Usable runs, best validation RMSE first."""
+        found = [r for r in self.runs() if r.ok]
+        return sorted(found, key=lambda r: (r.val_rmse is None, r.val_rmse or 0.0, r.id))
+
+    def run(self, run_id: str) -> runs.Run:
+        """A usable run by id. Ids come from :meth:`ok_runs`, never a path typed in a page."""
+        for r in self.ok_runs():
+            if r.id == run_id:
+                return r
+        raise Unavailable(f"run {run_id!r} is not (or no longer) in {self.models_dir}")
+
+    def trained_here(self, run: runs.Run) -> bool:
+        """Whether the run was trained on this server's training data (so its split is known)."""
+        fingerprint = run.config.get("data", {}).get("fingerprint")
+        return self.train is not None and fingerprint == self.train.fingerprint
+
+    def train_command(self) -> str:
+        return train_command(self.settings, self.data_path)
+
+    # -- predictions --------------------------------------------------------------------
+
+    def predictions_ready(self, run_id: str) -> bool:
+        return run_id in self._predictions or run_id in self._prediction_errors
+
+    def predictions(self, run_id: str) -> dict[str, np.ndarray]:
+        """Whole-data predictions ({'train', 'test'}: (N, 30) px), from the run folder's cache
+        or computed once; raises :class:`Unavailable` with the reason if the model won't load."""
+        if run_id in self._predictions:
+            return self._predictions[run_id]
+        run = self.run(run_id)
+        with self._lock:
+            lock = self._run_locks.setdefault(run_id, threading.Lock())
+            if not self._images_key and self.data is not None:
+                self._images_key = runs.images_key(self._parts())
+        with lock:
+            if run_id in self._predictions:
+                return self._predictions[run_id]
+            if run_id in self._prediction_errors:
+                raise Unavailable(self._prediction_errors[run_id])
+            if self.data is None:
+                raise Unavailable("no data is loaded")
+            try:
+                found = runs.cached_predictions(run, self._parts())
+            except Exception as exc:  # any load failure becomes a message in the page
+                message = f"run {run_id} could not be loaded: {type(exc).__name__}: {exc}"
+                self._prediction_errors[run_id] = message.splitlines()[0][:400]
+                raise Unavailable(self._prediction_errors[run_id]) from None
+            self._predictions[run_id] = found
+            return found
+
+    # -- subsets and errors -------------------------------------------------------------
+
+    def subsets(self, run_id: str) -> list[str]:
+        """The grid subsets this run can show on this data."""
+        out = []
+        if self.train is not None:
+            if self.trained_here(self.run(run_id)):
+                out += ["validation", "training"]
+            out.append("all")
+        if self.test is not None and len(self.test):
+            out.append("test")
+        return out
+
+    def rows(self, run_id: str, subset: str) -> np.ndarray:
+        """Positions (into the training or test arrays) of a subset's faces, in file order."""
+        if subset == "test":
+            if self.test is None:
+                raise Unavailable("this data has no test.csv")
+            return np.arange(len(self.test))
+        if self.train is None:
+            raise Unavailable("this data has no training.csv")
+        if subset == "all":
+            return np.arange(len(self.train))
+        from fkd_core.evaluation import evaluation_rows
+
+        run = self.run(run_id)
+        if not self.trained_here(run):
+            raise Unavailable(
+                f"run {run_id} was trained on other data, so its validation and training "
+                "faces are unknown here — choose 'all'"
+            )
+        return evaluation_rows(run, self.train, "val" if subset == "validation" else "train")
+
+    def errors(self, run_id: str, subset: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, per-image RMSE (n,), per-keypoint distance (n, 15)) of a labelled subset."""
+        key = (run_id, subset)
+        if key not in self._errors:
+            rows = self.rows(run_id, subset)
+            if subset == "test":
+                nan = np.full(len(rows), np.nan)
+                self._errors[key] = rows, nan, np.full((len(rows), len(KEYPOINT_NAMES)), np.nan)
+            else:
+                pred = self.predictions(run_id)["train"][rows]
+                truth = self.train.keypoints[rows]
+                self._errors[key] = (
+                    rows,
+                    metrics.per_image_rmse(pred, truth),
+                    metrics.per_keypoint_distance(pred, truth),
+                )
+        return self._errors[key]
+
+
+_STORES: dict[Settings, Store] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def get_store(settings: Settings) -> Store:
+    """The one store of this process for these settings (built by the first session)."""
+    with _STORES_LOCK:
+        if settings not in _STORES:
+            _STORES[settings] = Store(settings)
+        return _STORES[settings]
