@@ -78,6 +78,9 @@ def data_summary(
         out.print(f"training rows        {t['rows']}")
         out.print(f"complete rows        {t['complete_rows']} ({pct:.1f}%)")
         out.print(f"four-keypoint rows   {t['four_point_rows']}")
+        offset = t["label_x_offset"]
+        note = "Kaggle's pixel-index convention" if offset == 0 else "training corrects for it"
+        out.print(f"label x offset       {offset:+.2f} px ({note})")
     if "test_images" in summary:
         out.print(f"test images          {summary['test_images']}")
     if "lookup_rows" in summary:

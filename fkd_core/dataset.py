@@ -112,10 +112,13 @@ class KeypointSet:
                 "x_range": [float(x.min()), float(x.max())] if len(x) else None,
                 "y_range": [float(y.min()), float(y.max())] if len(y) else None,
             }
+        from fkd_core.calibration import estimate_label_offset
+
         return {
             "rows": len(self),
             "complete_rows": int(self.complete.sum()),
             "four_point_rows": int(self.four_point.sum()),
+            "label_x_offset": estimate_label_offset(self.images, self.keypoints),
             "keypoints": per_kp,
         }
 
