@@ -1,4 +1,6 @@
-"""The page: a header and three tabs — leaderboard, face grid, data overview."""
+"""The page: a header and tabs — leaderboard, face grid, data overview, augmentation QA, flip
+audit and activation maps. The inspection views build their heavy parts (TensorFlow, models)
+the first time their tab is shown."""
 
 from __future__ import annotations
 
@@ -6,16 +8,20 @@ import html
 
 import panel as pn
 
+from app.activations_view import ActivationsView
+from app.augment_view import AugmentView
 from app.data_view import DataView
+from app.flip_audit_view import FlipAuditView
 from app.grid import FaceGrid
 from app.leaderboard import Leaderboard
 from app.state import Store
 
-TABS = ("Leaderboard", "Faces", "Data")
+TABS = ("Leaderboard", "Faces", "Data", "Augment", "Flip audit", "Activations")
 
 
 class Dashboard(pn.viewable.Viewer):
-    """Composes the views; a heatmap click switches to the grid focused on that cell."""
+    """Composes the views; a heatmap click switches to the grid focused on that cell, and the
+    flip audit's "open in augmentation QA" to the augmentation view on that row."""
 
     def __init__(self, store: Store, **params):
         super().__init__(**params)
@@ -23,10 +29,15 @@ class Dashboard(pn.viewable.Viewer):
         self.grid = FaceGrid(store)
         self.leaderboard = Leaderboard(store, on_cell=self._open_cell)
         self.data_view = DataView(store)
+        self.augment = AugmentView(store)
+        self.flip_audit = FlipAuditView(store, on_open=self._open_in_augment)
+        self.activations = ActivationsView(store)
+        self._views = (self.leaderboard, self.grid, self.data_view, self.augment,
+                       self.flip_audit, self.activations)
         self.tabs = pn.Tabs(
-            (TABS[0], self.leaderboard), (TABS[1], self.grid), (TABS[2], self.data_view),
-            dynamic=False, css_classes=["fkd-tabs"],
+            *zip(TABS, self._views), dynamic=False, css_classes=["fkd-tabs"],
         )
+        self.tabs.param.watch(self._tab_shown, "active")
         banner = pn.pane.Alert(
             f"<b>Could not load the data</b> — {html.escape(store.data_error or '')}. "
             "The leaderboard still works; restart with a valid <code>--data PATH</code>.",
@@ -45,6 +56,15 @@ class Dashboard(pn.viewable.Viewer):
     def _open_cell(self, run_id: str, keypoint: str) -> None:
         self.grid.focus(run_id, keypoint)
         self.tabs.active = TABS.index("Faces")
+
+    def _tab_shown(self, event) -> None:
+        view = self._views[event.new]
+        if hasattr(view, "activate"):
+            view.activate()
+
+    def _open_in_augment(self, row: int) -> None:
+        self.augment.show_row(row)
+        self.tabs.active = TABS.index("Augment")
 
     def __panel__(self):
         return self._layout

@@ -1,8 +1,9 @@
 """Driving the dashboard in headless Chromium: the browser tests' helpers and the README shots.
 
 ``python -m app.screenshots OUTDIR [--data PATH] [--models DIR]`` starts the server, opens
-each view and writes ``leaderboard.png``, ``grid.png``, ``detail.png`` and ``data.png``
-(1200 × 800, palette PNGs). Uses Debian's Chromium; never downloads a browser.
+each view and writes ``leaderboard.png``, ``grid.png``, ``detail.png``, ``data.png``,
+``augment.png``, ``flip_check.png``, ``flip_audit.png`` and ``activations.png`` (1200 × 800,
+palette PNGs). Uses Debian's Chromium; never downloads a browser.
 """
 
 from __future__ import annotations
@@ -114,10 +115,51 @@ def shoot_all(url: str, out: Path) -> dict[str, Path]:
             page.locator(".fkd-positions").wait_for()
             page.wait_for_timeout(1000)
             shots["data"] = save(page, out / "data.png")
+            shots.update(shoot_inspection(page, out))
             if errors:
                 print("browser console errors:\n  " + "\n  ".join(errors))
         finally:
             browser.close()
+    return shots
+
+
+def wait_for_augment(page, timeout: float = TIMEOUT_MS) -> None:
+    """Open the Augment tab and wait for its samples (the first time imports TensorFlow)."""
+    goto_tab(page, "Augment")
+    page.locator(".fkd-aug-table table").wait_for(timeout=timeout)
+
+
+def run_flip_audit(page, timeout: float = TIMEOUT_MS) -> None:
+    """Open the Flip audit tab, start the audit and wait for its table of rows."""
+    goto_tab(page, "Flip audit")
+    page.locator(".fkd-audit-start button").click()
+    page.locator("table.fkd-audit-rows").wait_for(timeout=timeout)
+
+
+def wait_for_activations(page, timeout: float = TIMEOUT_MS) -> None:
+    """Open the Activations tab and wait for the first layer's tiles."""
+    goto_tab(page, "Activations")
+    page.locator(".fkd-act-summary p", has_text="tiles").wait_for(timeout=timeout)
+
+
+def shoot_inspection(page, out: Path) -> dict[str, Path]:
+    """Screenshots of augmentation QA (samples, then the flip check), flip audit, activations."""
+    shots = {}
+    wait_for_augment(page)
+    for _ in range(2):  # redraws past TensorFlow's slow first calls in the server's thread
+        page.locator(".fkd-aug-defaults button").click()
+        page.wait_for_timeout(500)
+    page.mouse.click(600, 20)  # blur the button
+    shots["augment"] = save(page, out / "augment.png")
+    page.get_by_text("Flip check", exact=True).first.evaluate("e => e.scrollIntoView()")
+    page.wait_for_timeout(800)
+    shots["flip_check"] = save(page, out / "flip_check.png")
+    run_flip_audit(page)
+    page.wait_for_timeout(1000)
+    shots["flip_audit"] = save(page, out / "flip_audit.png")
+    wait_for_activations(page)
+    page.wait_for_timeout(1000)
+    shots["activations"] = save(page, out / "activations.png")
     return shots
 
 

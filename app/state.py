@@ -74,6 +74,10 @@ class Store:
         self._prediction_errors: dict[str, str] = {}
         self._errors: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._images_key = ""
+        self._models: dict[str, object] = {}
+        self._model_errors: dict[str, str] = {}
+        self._audits: dict[str, object] = {}
+        self._label_offset: float | None = None
         self.mean_face: np.ndarray | None = None
         self._load_data()
 
@@ -176,6 +180,65 @@ class Store:
                 raise Unavailable(self._prediction_errors[run_id]) from None
             self._predictions[run_id] = found
             return found
+
+    # -- models, flip audits, the data's label offset -------------------------------------
+
+    def _run_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            return self._run_locks.setdefault(key, threading.Lock())
+
+    def model_ready(self, run_id: str) -> bool:
+        return run_id in self._models or run_id in self._model_errors
+
+    def model(self, run_id: str):
+        """The run's Keras model, loaded once per process and kept: the activation view's
+        cached sub-models (:func:`fkd_core.activations.submodel`) live as long as it does."""
+        if run_id in self._models:
+            return self._models[run_id]
+        run = self.run(run_id)
+        with self._run_lock(f"model:{run_id}"):
+            if run_id in self._models:
+                return self._models[run_id]
+            if run_id in self._model_errors:
+                raise Unavailable(self._model_errors[run_id])
+            try:
+                model = run.load_model()
+            except Exception as exc:  # any load failure becomes a message in the page
+                message = f"run {run_id} could not be loaded: {type(exc).__name__}: {exc}"
+                self._model_errors[run_id] = message.splitlines()[0][:400]
+                raise Unavailable(self._model_errors[run_id]) from None
+            self._models[run_id] = model
+            return model
+
+    def audit_ready(self, run_id: str) -> bool:
+        return run_id in self._audits
+
+    def flip_audit(self, run_id: str):
+        """The run's flip audit of every complete training row (computed once per process)."""
+        if run_id in self._audits:
+            return self._audits[run_id]
+        if self.train is None or not len(self.train):
+            raise Unavailable(self.data_error or "this data has no training.csv")
+        from fkd_core.audit import flip_audit
+
+        run = self.run(run_id)
+        with self._run_lock(f"audit:{run_id}"):
+            if run_id not in self._audits:
+                model = self.model(run_id)
+                self._audits[run_id] = flip_audit(model, self.train.images, self.train.keypoints,
+                                                  label_offset=run.label_offset)
+            return self._audits[run_id]
+
+    def label_offset(self) -> float:
+        """The training labels' x offset, estimated exactly as ``fkd train`` does, so previews
+        move the labels into the pixel-index convention the augmentation code works in."""
+        if self._label_offset is None:
+            from fkd_core.calibration import estimate_label_offset
+
+            train = self.train
+            self._label_offset = 0.0 if train is None or not len(train) else (
+                estimate_label_offset(train.images, train.keypoints))
+        return self._label_offset
 
     # -- subsets and errors -------------------------------------------------------------
 

@@ -50,7 +50,7 @@ def submodel(model, name: str):
 def feature_maps(model, name: str, image: np.ndarray) -> np.ndarray:
     """Activations (H, W, C) of layer ``name`` for one uint8 face (96, 96)."""
     x = np.asarray(image, np.float32).reshape(1, 96, 96, 1) / 255.0
-    out = submodel(model, name)(x, training=False)
+    out = submodel(model, name)([x], training=False)
     return np.asarray(out)[0]
 
 

@@ -15,8 +15,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import browser_harness
 import numpy as np
 import pytest
+from browser_harness import Session, expect_text, start_server
 
 from app import screenshots as ui
 from app.serve import Server
@@ -24,12 +26,12 @@ from fkd_core import metrics
 from fkd_core.keypoints import KEYPOINT_NAMES
 
 pytestmark = pytest.mark.slow
-sync_api = pytest.importorskip("playwright.sync_api")
 if not Path(ui.CHROMIUM).exists() and not os.environ.get("CI"):
     pytest.skip(f"no Chromium at {ui.CHROMIUM} (apt-get install chromium)",
                 allow_module_level=True)
 
 RUN = "tiny"
+browser = browser_harness.browser
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -62,45 +64,9 @@ def models(tmp_path_factory, demo_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def server(demo_dir, models, tmp_path_factory):
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    srv = Server(demo_dir, models, log=log)
-    try:
-        srv.start()
-    except (RuntimeError, TimeoutError) as exc:
-        pytest.fail(f"{exc}; server log:\n{log.read_text()[-3000:]}")
+    srv = start_server(demo_dir, models, tmp_path_factory.mktemp("server") / "server.log")
     yield srv.url
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = ui.launch(p)
-        yield b
-        b.close()
-
-
-class Session:
-    """A browser tab on the dashboard; keeps console errors and screenshots."""
-
-    def __init__(self, browser, url: str, shots: Path):
-        self.page, self.errors = ui.open_page(browser, url)
-        self.shots = shots
-        self.saved: list[Path] = []
-
-    def shot(self, name: str) -> Path:
-        path = ui.save(self.page, self.shots / f"{name}.png", full_page=True)
-        self.saved.append(path)
-        return path
-
-    def where(self) -> str:
-        return "screenshots: " + ", ".join(map(str, self.saved or [self.shot("failure")]))
-
-    def check(self, condition: bool, what: str) -> None:
-        assert condition, f"{what} ({self.where()})"
-
-    def check_console(self) -> None:
-        assert not self.errors, f"browser console errors: {self.errors} ({self.where()})"
 
 
 @pytest.fixture
@@ -108,13 +74,6 @@ def session(browser, server, tmp_path):
     s = Session(browser, server, tmp_path)
     yield s
     s.page.close()
-
-
-def _expect_text(s: Session, text, timeout: float = 30_000):
-    try:
-        s.page.get_by_text(text).first.wait_for(timeout=timeout)
-    except sync_api.TimeoutError:
-        pytest.fail(f"{text!r} never appeared ({s.where()})")
 
 
 def _caption_values(captions: list[str]) -> tuple[list[int], list[float]]:
@@ -149,8 +108,8 @@ def test_leaderboard_lists_runs_heatmap_and_broken_folders(session):
     table = s.page.locator(".fkd-leaderboard")
     table.get_by_text(RUN, exact=True).wait_for()
     s.check(table.get_by_text(f"{RUN}-copy", exact=True).is_visible(), "second run listed")
-    _expect_text(s, "broken-model")
-    _expect_text(s, "model.keras is not a valid Keras file")
+    expect_text(s, "broken-model")
+    expect_text(s, "model.keras is not a valid Keras file")
     cells = s.page.evaluate("""() => {
         const fig = Bokeh.documents[0].get_model_by_name('fkd-heatmap');
         const view = Bokeh.index.find_one(fig);
@@ -179,7 +138,7 @@ def test_heatmap_cell_opens_grid_sorted_by_that_keypoint(session, models):
     s.shot("grid-nose-tip")
     s.check(s.page.locator(".fkd-keypoint select").input_value() == "nose_tip",
             "keypoint chosen")
-    _expect_text(s, "worst first by nose_tip error")
+    expect_text(s, "worst first by nose_tip error")
     val = _val_predictions(models)
     k = KEYPOINT_NAMES.index("nose_tip")
     dist = metrics.per_keypoint_distance(val["pred"], val["truth"])[:, k]
@@ -217,14 +176,14 @@ def test_grid_pages_through_all_faces(session, demo_dir):
     ui.choose(s.page, "fkd-subset", "all")
     page1 = _wait_for_new_captions(s, first)
     s.check(len(page1) == 24, f"a full page of 24 faces, got {len(page1)}")
-    _expect_text(s, "page 1 of 5")
+    expect_text(s, "page 1 of 5")
     s.page.locator(".fkd-next button").click()
     page2 = _wait_for_new_captions(s, page1)
     s.shot("grid-page-2")
     s.check(len(page2) == 24, f"page 2 has 24 faces, got {len(page2)}")
     s.check(not set(_caption_values(page1)[0]) & set(_caption_values(page2)[0]),
             "page 2 shows other faces")
-    _expect_text(s, "page 2 of 5")
+    expect_text(s, "page 2 of 5")
     ui.choose(s.page, "fkd-sort", "row order")
     rows, _ = _caption_values(_wait_for_new_captions(s, page2))
     s.check(rows == list(range(24)), f"row order starts at row 0: {rows}")
@@ -241,7 +200,7 @@ def test_clicking_a_face_opens_its_detail(session):
     table.wait_for()
     s.shot("detail")
     s.check(table.locator("tbody tr").count() == 15, "one table row per keypoint")
-    _expect_text(s, f"training.csv row {row} (line {row + 2})")
+    expect_text(s, f"training.csv row {row} (line {row + 2})")
     s.check(table.get_by_text("nose_tip").is_visible(), "keypoint names listed")
     s.page.locator(".pnx-dialog-close").click()
     table.wait_for(state="hidden")
@@ -253,14 +212,14 @@ def test_compare_runs_and_test_faces(session):
     ui.goto_tab(s.page, "Faces")
     single = ui.wait_for_faces(s.page)
     ui.choose(s.page, "fkd-compare", f"{RUN}-copy")
-    _expect_text(s, "each pair: left")
+    expect_text(s, "each pair: left")
     paired = ui.captions(s.page)
     s.check(len(paired) == 2 * len(single), "each face shown for both runs")
     s.check(paired[0::2] == paired[1::2], "a copy of a run predicts the same")
     s.shot("compare")
     ui.choose(s.page, "fkd-compare", "(none)")
     ui.choose(s.page, "fkd-subset", "test")
-    _expect_text(s, re.compile(r"^test image \d+$"))
+    expect_text(s, re.compile(r"^test image \d+$"))
     test_captions = ui.captions(s.page)
     s.check(len(test_captions) == 24, f"a page of test faces: {test_captions}")
     s.shot("test-faces")
@@ -272,7 +231,7 @@ def test_unloadable_model_shows_a_message_and_the_rest_works(session):
     ui.goto_tab(s.page, "Faces")
     ui.wait_for_faces(s.page)
     ui.choose(s.page, "fkd-run", "unloadable-weights")
-    _expect_text(s, "run unloadable-weights could not be loaded", timeout=60_000)
+    expect_text(s, "run unloadable-weights could not be loaded", timeout=60_000)
     s.shot("unloadable")
     s.check(not ui.captions(s.page), "no faces for a run that will not load")
     s.check("Traceback" not in s.page.content(), "no traceback in the page")
@@ -287,13 +246,13 @@ def test_unloadable_model_shows_a_message_and_the_rest_works(session):
 def test_data_view(session):
     s = session
     ui.goto_tab(s.page, "Data")
-    _expect_text(s, "120 training rows")
-    _expect_text(s, "Labelled rows per keypoint")
+    expect_text(s, "120 training rows")
+    expect_text(s, "Labelled rows per keypoint")
     s.check(s.page.locator(".fkd-counts canvas").first.is_visible(), "counts chart drawn")
     s.check(s.page.locator(".fkd-positions canvas").first.is_visible(), "positions drawn")
-    _expect_text(s, re.compile(r"^nose_tip — complete rows: \d+ labels"))
+    expect_text(s, re.compile(r"^nose_tip — complete rows: \d+ labels"))
     ui.choose(s.page, "fkd-data-keypoint", "left_eye_center")
-    _expect_text(s, re.compile(r"^left_eye_center — complete rows"))
+    expect_text(s, re.compile(r"^left_eye_center — complete rows"))
     s.shot("data")
     s.check_console()
 
@@ -305,14 +264,14 @@ def test_missing_data_path_shows_a_message_and_the_leaderboard(browser, models, 
     missing = tmp_path / "no-such-data"
     with Server(missing, models, log=tmp_path / "server.log") as url:
         s = Session(browser, url, tmp_path)
-        _expect_text(s, "Could not load the data")
-        _expect_text(s, str(missing))
+        expect_text(s, "Could not load the data")
+        expect_text(s, str(missing))
         s.page.locator(".fkd-leaderboard").get_by_text(RUN, exact=True).wait_for()
         s.shot("missing-data")
         ui.goto_tab(s.page, "Faces")
-        _expect_text(s, "No data to show")
+        expect_text(s, "No data to show")
         ui.goto_tab(s.page, "Data")
-        _expect_text(s, "No training data to show")
+        expect_text(s, "No training data to show")
         s.check("Traceback" not in s.page.content(), "no traceback in the page")
         s.check_console()
 
@@ -321,11 +280,11 @@ def test_no_runs_says_how_to_make_one(browser, demo_dir, tmp_path):
     empty = tmp_path / "no-runs"
     with Server(demo_dir, empty, log=tmp_path / "server.log") as url:
         s = Session(browser, url, tmp_path)
-        _expect_text(s, "No trained runs yet")
-        _expect_text(s, f"fkd train --data {demo_dir} --epochs 5 --models {empty}")
+        expect_text(s, "No trained runs yet")
+        expect_text(s, f"fkd train --data {demo_dir} --epochs 5 --models {empty}")
         s.shot("no-runs")
         ui.goto_tab(s.page, "Faces")
-        _expect_text(s, "No trained runs yet — the leaderboard tab says how to make one")
+        expect_text(s, "No trained runs yet — the leaderboard tab says how to make one")
         s.check_console()
 
 
@@ -350,6 +309,6 @@ def test_real_faces15_data(browser, faces15, tmp_path):
         s.check(len(ui.captions(s.page)) == 24, "a full page of faces15 validation faces")
         s.shot("faces15-grid")
         ui.goto_tab(s.page, "Data")
-        _expect_text(s, "3372 training rows")
+        expect_text(s, "3372 training rows")
         s.shot("faces15-data")
         s.check_console()

@@ -1,0 +1,66 @@
+"""What the browser test modules share: one headless Chromium per module, a tab with its
+console errors and screenshots, and a server start that fails with the server's log.
+
+A module takes the fixture with ``browser = browser_harness.browser``. Importing this skips
+the importing module when Playwright is not installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app import screenshots as ui
+from app.serve import Server
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = ui.launch(p)
+        yield b
+        b.close()
+
+
+def start_server(data, models, log: Path) -> Server:
+    """A started dashboard server; a failed start fails the test with the server's log."""
+    srv = Server(data, models, log=log)
+    try:
+        srv.start()
+    except (RuntimeError, TimeoutError) as exc:
+        pytest.fail(f"{exc}; server log:\n{log.read_text()[-3000:]}")
+    return srv
+
+
+class Session:
+    """A browser tab on the dashboard; keeps console errors and screenshots."""
+
+    def __init__(self, browser, url: str, shots: Path):
+        self.page, self.errors = ui.open_page(browser, url)
+        self.shots = shots
+        self.saved: list[Path] = []
+
+    def shot(self, name: str) -> Path:
+        path = ui.save(self.page, self.shots / f"{name}.png", full_page=True)
+        self.saved.append(path)
+        return path
+
+    def where(self) -> str:
+        return "screenshots: " + ", ".join(map(str, self.saved or [self.shot("failure")]))
+
+    def check(self, condition: bool, what: str) -> None:
+        assert condition, f"{what} ({self.where()})"
+
+    def check_console(self) -> None:
+        assert not self.errors, f"browser console errors: {self.errors} ({self.where()})"
+
+
+def expect_text(s: Session, text, timeout: float = 30_000):
+    """Wait until ``text`` (a string or a regex) is visible in the page."""
+    try:
+        s.page.get_by_text(text).first.wait_for(timeout=timeout)
+    except sync_api.TimeoutError:
+        pytest.fail(f"{text!r} never appeared ({s.where()})")
