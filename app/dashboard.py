@@ -26,7 +26,7 @@ class Dashboard(pn.viewable.Viewer):
     def __init__(self, store: Store, **params):
         super().__init__(**params)
         self.store = store
-        self.grid = FaceGrid(store)
+        self.grid = FaceGrid(store, on_open_row=self._open_in_augment)
         self.leaderboard = Leaderboard(store, on_cell=self._open_cell)
         self.data_view = DataView(store)
         self.augment = AugmentView(store)

@@ -41,9 +41,11 @@ class FaceGrid(pn.viewable.Viewer):
     page = param.Integer(default=1, bounds=(1, None))
     seed = param.Integer(default=0)
 
-    def __init__(self, store: Store, **params):
+    def __init__(self, store: Store, on_open_row=None, **params):
         super().__init__(**params)
         self.store = store
+        self._on_open_row = on_open_row  # (training.csv row) -> None: open it elsewhere
+        self._detail_row: int | None = None
         self._doc = pn.state.curdoc
         self._order = np.zeros(0, int)
         self._rows = np.zeros(0, int)
@@ -55,8 +57,13 @@ class FaceGrid(pn.viewable.Viewer):
         self.canvas = FaceCanvas(tap=True, css_class="fkd-grid-faces")
         self.canvas.cells.selected.on_change("indices", self._on_tap)
         self.detail = FaceDetail()
-        self._modal = pn.Modal(self.detail, open=False, show_close_button=True,
-                               css_classes=["fkd-detail"])
+        self._to_augment = pn.widgets.Button(
+            label="open this face in augmentation QA", visible=False,
+            css_classes=["fkd-open-augment"],
+        )
+        self._to_augment.on_click(self._open_row_elsewhere)
+        self._modal = pn.Modal(pn.Column(self._to_augment, self.detail), open=False,
+                               show_close_button=True, css_classes=["fkd-detail"])
         self._message = pn.pane.Alert("", alert_type="info", visible=False,
                                       css_classes=["fkd-grid-message"])
         self._header = pn.pane.HTML("", css_classes=["fkd-grid-header"], margin=(0, 10))
@@ -359,8 +366,15 @@ class FaceGrid(pn.viewable.Viewer):
                 for r, p in preds
             )
             heading = f"training.csv row {row} (line {row + 2}) · RMSE {scores}"
+        self._detail_row = None if self.subset == "test" else row
+        self._to_augment.visible = self._on_open_row is not None and self._detail_row is not None
         self.detail.show(image, truth, preds, heading)
         self._modal.open = True
+
+    def _open_row_elsewhere(self, event) -> None:
+        if self._on_open_row is not None and self._detail_row is not None:
+            self._modal.open = False
+            self._on_open_row(self._detail_row)
 
     def __panel__(self):
         return self._layout

@@ -207,6 +207,20 @@ def test_clicking_a_face_opens_its_detail(session):
     s.check_console()
 
 
+def test_detail_opens_the_face_in_augmentation_qa(session):
+    s = session
+    ui.goto_tab(s.page, "Faces")
+    ui.choose(s.page, "fkd-sort", "row order")
+    captions = ui.wait_for_faces(s.page)
+    row = _caption_values(captions)[0][2]
+    ui.click_face(s.page, 2)
+    s.page.locator(".fkd-open-augment button").click()
+    ui.wait_for_augment(s.page)
+    expect_text(s, f"training.csv row {row} ·")
+    s.shot("augment-from-detail")
+    s.check_console()
+
+
 def test_compare_runs_and_test_faces(session):
     s = session
     ui.goto_tab(s.page, "Faces")
