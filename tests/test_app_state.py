@@ -168,3 +168,38 @@ def test_serve_script_runs_without_the_package_on_the_path(tmp_path):
     out = subprocess.run([sys.executable, str(APP_DIR / "serve.py"), "--help"], cwd=tmp_path,
                          capture_output=True, text=True, check=True)
     assert "--models" in out.stdout and "--address" in out.stdout
+
+
+def test_fkd_serve_answers_on_localhost_only(demo_dir, tmp_path):
+    """`fkd serve` runs the same page as `panel serve app/`, bound to 127.0.0.1."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from app.serve import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fkd_core.cli", "serve", "--data", str(demo_dir), "--models",
+         str(tmp_path), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/app", timeout=5) as r:
+                    body = r.read().decode()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "fkd serve never answered"
+                time.sleep(0.5)
+        assert "<html" in body.lower()
+        listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
+        bound = [line for line in listening.splitlines() if f":{port} " in line]
+        assert bound and all("127.0.0.1:" in line for line in bound), listening
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
