@@ -64,3 +64,20 @@ def expect_text(s: Session, text, timeout: float = 30_000):
         s.page.get_by_text(text).first.wait_for(timeout=timeout)
     except sync_api.TimeoutError:
         pytest.fail(f"{text!r} never appeared ({s.where()})")
+
+
+# The two fixtures below need a module-level ``models`` fixture (the runs to serve).
+
+
+@pytest.fixture(scope="module")
+def server(demo_dir, models, tmp_path_factory):
+    srv = start_server(demo_dir, models, tmp_path_factory.mktemp("server") / "server.log")
+    yield srv.url
+    srv.stop()
+
+
+@pytest.fixture
+def session(browser, server, tmp_path):
+    s = Session(browser, server, tmp_path)
+    yield s
+    s.page.close()

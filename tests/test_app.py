@@ -18,7 +18,7 @@ from pathlib import Path
 import browser_harness
 import numpy as np
 import pytest
-from browser_harness import Session, expect_text, start_server
+from browser_harness import Session, expect_text
 
 from app import screenshots as ui
 from app.serve import Server
@@ -32,6 +32,8 @@ if not Path(ui.CHROMIUM).exists() and not os.environ.get("CI"):
 
 RUN = "tiny"
 browser = browser_harness.browser
+server = browser_harness.server
+session = browser_harness.session
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -60,20 +62,6 @@ def models(tmp_path_factory, demo_dir) -> Path:
     m["val_rmse"] = 999.0  # last on the leaderboard, so it is never the default run
     (unloadable / "metrics.json").write_text(json.dumps(m))
     return out
-
-
-@pytest.fixture(scope="module")
-def server(demo_dir, models, tmp_path_factory):
-    srv = start_server(demo_dir, models, tmp_path_factory.mktemp("server") / "server.log")
-    yield srv.url
-    srv.stop()
-
-
-@pytest.fixture
-def session(browser, server, tmp_path):
-    s = Session(browser, server, tmp_path)
-    yield s
-    s.page.close()
 
 
 def _caption_values(captions: list[str]) -> tuple[list[int], list[float]]:

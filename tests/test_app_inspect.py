@@ -18,7 +18,7 @@ from pathlib import Path
 import browser_harness
 import numpy as np
 import pytest
-from browser_harness import Session, expect_text, start_server
+from browser_harness import Session, expect_text
 
 from app import screenshots as ui
 from app.state import Settings, Store
@@ -33,6 +33,8 @@ RUN = "tiny-resnet"
 #: Non-default training settings, so the preview can be seen to take the run's values.
 RUN_AUGMENT = {"rotate_deg": 40.0, "shift_px": 3.0}
 browser = browser_harness.browser
+server = browser_harness.server
+session = browser_harness.session
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -64,20 +66,6 @@ def models(tmp_path_factory, demo_dir) -> Path:
 @pytest.fixture(scope="module")
 def store(demo_dir, models) -> Store:
     return Store(Settings(str(demo_dir), str(models)))
-
-
-@pytest.fixture(scope="module")
-def server(demo_dir, models, tmp_path_factory):
-    srv = start_server(demo_dir, models, tmp_path_factory.mktemp("server") / "server.log")
-    yield srv.url
-    srv.stop()
-
-
-@pytest.fixture
-def session(browser, server, tmp_path):
-    s = Session(browser, server, tmp_path)
-    yield s
-    s.page.close()
 
 
 # -- in process: the preview is the training code --------------------------------------
