@@ -198,7 +198,6 @@ def test_clicking_a_face_opens_its_detail(session):
 def test_detail_opens_the_face_in_augmentation_qa(session):
     s = session
     ui.goto_tab(s.page, "Faces")
-    ui.choose(s.page, "fkd-sort", "row order")
     captions = ui.wait_for_faces(s.page)
     row = _caption_values(captions)[0][2]
     ui.click_face(s.page, 2)
