@@ -412,7 +412,7 @@ def _integers(label: str, frame: pd.DataFrame, column: str) -> np.ndarray:
 
 
 def _no_duplicates(label: str, ids: np.ndarray, column: str) -> None:
-    _, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    counts = np.unique(ids, return_counts=True)[1]
     if (counts > 1).any():
         seen: dict[int, int] = {}
         for r, v in enumerate(ids.tolist()):

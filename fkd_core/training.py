@@ -160,22 +160,19 @@ def make_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-class _TimeBudget:
-    """Keras callback factory: stop training once ``minutes`` of wall time have passed."""
+def _time_budget(minutes: float):
+    """A Keras callback that stops training once ``minutes`` of wall time have passed."""
+    import keras
 
-    @staticmethod
-    def make(minutes: float):
-        import keras
+    class TimeBudget(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.deadline = time.monotonic() + 60.0 * minutes
 
-        class TimeBudget(keras.callbacks.Callback):
-            def on_train_begin(self, logs=None):
-                self.deadline = time.monotonic() + 60.0 * minutes
+        def on_epoch_end(self, epoch, logs=None):
+            if time.monotonic() >= self.deadline:
+                self.model.stop_training = True
 
-            def on_epoch_end(self, epoch, logs=None):
-                if time.monotonic() >= self.deadline:
-                    self.model.stop_training = True
-
-        return TimeBudget()
+    return TimeBudget()
 
 
 def build_model(config: TrainConfig):
@@ -279,7 +276,7 @@ def train(
                 monitor="val_rmse_px", mode="min", factor=0.5, patience=max(2, config.patience // 3)
             ))
         if config.max_minutes:
-            callbacks.append(_TimeBudget.make(config.max_minutes))
+            callbacks.append(_time_budget(config.max_minutes))
         history = model.fit(
             train_ds, validation_data=val_ds, epochs=config.epochs,
             steps_per_epoch=config.steps_per_epoch, callbacks=callbacks, verbose=verbose,

@@ -233,3 +233,9 @@ def test_label_offset_is_learned_in_index_space_and_added_back(data, tmp_path):
     moved = run.predict(images, model=model)
     np.testing.assert_allclose(moved[:, 0::2] - plain[:, 0::2], run.label_offset, atol=1e-4)
     np.testing.assert_allclose(moved[:, 1::2], plain[:, 1::2], atol=1e-4)
+
+
+def test_time_budget_stops_after_the_epoch_that_used_it_up(data, tmp_path):
+    config = TrainConfig(**{**TINY, "epochs": 5, "max_minutes": 1e-6})
+    run = runs.resolve(train(data.train, config, tmp_path, run_id="budget", verbose=0))
+    assert run.config["epochs_run"] == 1
