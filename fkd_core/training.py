@@ -280,6 +280,7 @@ def train(
         history = model.fit(
             train_ds, validation_data=val_ds, epochs=config.epochs,
             steps_per_epoch=config.steps_per_epoch, callbacks=callbacks, verbose=verbose,
+            shuffle=False,  # the tf.data pipeline shuffles; Keras cannot shuffle a Dataset
         )
         train_seconds = time.time() - started
         if not np.all(np.isfinite(history.history.get("loss", [0.0]))):
