@@ -160,32 +160,37 @@ class Store:
         or computed once; raises :class:`Unavailable` with the reason if the model won't load."""
         if run_id in self._predictions:
             return self._predictions[run_id]
+        if self.data is None:
+            raise Unavailable("no data is loaded")
         run = self.run(run_id)
-        with self._lock:
-            lock = self._run_locks.setdefault(run_id, threading.Lock())
-            if not self._images_key and self.data is not None:
+        with self._lock:  # the pixels are hashed once per process, not once per run
+            if not self._images_key:
                 self._images_key = runs.images_key(self._parts())
-        with lock:
-            if run_id in self._predictions:
-                return self._predictions[run_id]
-            if run_id in self._prediction_errors:
-                raise Unavailable(self._prediction_errors[run_id])
-            if self.data is None:
-                raise Unavailable("no data is loaded")
-            try:
-                found = runs.cached_predictions(run, self._parts())
-            except Exception as exc:  # any load failure becomes a message in the page
-                message = f"run {run_id} could not be loaded: {type(exc).__name__}: {exc}"
-                self._prediction_errors[run_id] = message.splitlines()[0][:400]
-                raise Unavailable(self._prediction_errors[run_id]) from None
-            self._predictions[run_id] = found
-            return found
+        return self._load_once(
+            f"predictions:{run_id}", run_id, self._predictions, self._prediction_errors,
+            lambda: runs.cached_predictions(run, self._parts(), key=self._images_key),
+        )
 
     # -- models, flip audits, the data's label offset -------------------------------------
 
     def _run_lock(self, key: str) -> threading.Lock:
         with self._lock:
             return self._run_locks.setdefault(key, threading.Lock())
+
+    def _load_once(self, lock_key: str, run_id: str, done: dict, errors: dict, load):
+        """``load()`` once per run and process; a failure is kept as the page's message."""
+        with self._run_lock(lock_key):
+            if run_id in done:
+                return done[run_id]
+            if run_id in errors:
+                raise Unavailable(errors[run_id])
+            try:
+                done[run_id] = load()
+            except Exception as exc:  # any load failure becomes a message in the page
+                message = f"run {run_id} could not be loaded: {type(exc).__name__}: {exc}"
+                errors[run_id] = message.splitlines()[0][:400]
+                raise Unavailable(errors[run_id]) from None
+            return done[run_id]
 
     def model_ready(self, run_id: str) -> bool:
         return run_id in self._models or run_id in self._model_errors
@@ -196,19 +201,8 @@ class Store:
         if run_id in self._models:
             return self._models[run_id]
         run = self.run(run_id)
-        with self._run_lock(f"model:{run_id}"):
-            if run_id in self._models:
-                return self._models[run_id]
-            if run_id in self._model_errors:
-                raise Unavailable(self._model_errors[run_id])
-            try:
-                model = run.load_model()
-            except Exception as exc:  # any load failure becomes a message in the page
-                message = f"run {run_id} could not be loaded: {type(exc).__name__}: {exc}"
-                self._model_errors[run_id] = message.splitlines()[0][:400]
-                raise Unavailable(self._model_errors[run_id]) from None
-            self._models[run_id] = model
-            return model
+        return self._load_once(f"model:{run_id}", run_id, self._models, self._model_errors,
+                               run.load_model)
 
     def audit_ready(self, run_id: str) -> bool:
         return run_id in self._audits

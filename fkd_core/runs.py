@@ -160,17 +160,19 @@ def images_key(parts: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def cached_predictions(run: Run, parts: dict[str, np.ndarray], *, model=None) -> dict:
+def cached_predictions(run: Run, parts: dict[str, np.ndarray], *, model=None,
+                       key: str | None = None) -> dict:
     """Plain predictions (pixels, (N, 30) per part) of a run on named image arrays.
 
     Computed once and kept in the run folder as ``predictions-<images_key>.npz`` (written to
     a temporary file, then renamed, so a reader never sees half a file), so a dashboard
     restart does not run the model again. A missing, stale or unreadable cache file is
-    recomputed; a read-only run folder just keeps them in memory.
+    recomputed; a read-only run folder just keeps them in memory. ``key`` is
+    ``images_key(parts)`` when the caller already has it (hashing the pixels is not free).
     """
     import tempfile
 
-    path = run.path / f"predictions-{images_key(parts)}.npz"
+    path = run.path / f"predictions-{key or images_key(parts)}.npz"
     try:
         with np.load(path, allow_pickle=False) as z:
             found = {name: z[name] for name in parts}

@@ -103,7 +103,7 @@ def test_store_sorts_subsets_by_error(demo_dir, tmp_path, monkeypatch):
     _fake_run(tmp_path / "models", "r1", train, val, pred)
     store = Store(Settings(str(demo_dir), str(tmp_path / "models")))
     monkeypatch.setattr(runs, "cached_predictions",
-                        lambda run, parts, model=None: {"train": pred, "test": pred[:0]})
+                        lambda run, parts, model=None, key=None: {"train": pred, "test": pred[:0]})
     assert [r.id for r in store.ok_runs()] == ["r1"]
     assert store.subsets("r1") == ["validation", "training", "all", "test"]
     rows, err, kp_err = store.errors("r1", "validation")
@@ -126,7 +126,7 @@ def test_grid_pages_worst_first_without_a_browser(demo_dir, tmp_path, monkeypatc
     pred[val[5]] += 9.0  # one clearly worst validation face
     _fake_run(tmp_path / "models", "r1", train, val, pred)
     monkeypatch.setattr(runs, "cached_predictions",
-                        lambda run, parts, model=None: {"train": pred, "test": pred[:0]})
+                        lambda run, parts, model=None, key=None: {"train": pred, "test": pred[:0]})
     from app.grid import FaceGrid
 
     grid = FaceGrid(Store(Settings(str(demo_dir), str(tmp_path / "models"))))
