@@ -19,7 +19,7 @@ from bokeh.models import BasicTicker, ColumnDataSource, HoverTool, LinearColorMa
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
-from app.faces import grey_mapper
+from app.faces import face_figure
 from app.state import Store, Unavailable
 from fkd_core.keypoints import IMAGE_SIZE
 
@@ -103,17 +103,7 @@ class ActivationsView(pn.viewable.Viewer):
     # -- figures ------------------------------------------------------------------------
 
     def _face_figure(self):
-        fig = figure(
-            x_range=Range1d(-0.5, IMAGE_SIZE - 0.5), y_range=Range1d(IMAGE_SIZE - 0.5, -0.5),
-            frame_width=int(IMAGE_SIZE * FACE_SCALE), frame_height=int(IMAGE_SIZE * FACE_SCALE),
-            toolbar_location=None, tools="", min_border=0, outline_line_color=None,
-            css_classes=["fkd-act-face"],
-        )
-        fig.axis.visible = False
-        fig.grid.visible = False
-        fig.image("image", x="x", y="y", dw="dw", dh="dh", source=self._face,
-                  color_mapper=grey_mapper())
-        return fig
+        return face_figure(self._face, FACE_SCALE, "fkd-act-face")
 
     def _tiles_figure(self):
         fig = figure(

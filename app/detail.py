@@ -7,10 +7,9 @@ import html
 import numpy as np
 import panel as pn
 import param
-from bokeh.models import ColumnDataSource, HoverTool, Range1d
-from bokeh.plotting import figure
+from bokeh.models import ColumnDataSource, HoverTool
 
-from app.faces import COLOURS, NAMES, grey_mapper
+from app.faces import COLOURS, NAMES, face_figure
 from fkd_core.keypoints import IMAGE_SIZE, KEYPOINT_NAMES, N_KEYPOINTS
 
 SCALE = 4
@@ -26,16 +25,7 @@ class FaceDetail(pn.viewable.Viewer):
         self._image = ColumnDataSource({"image": [], "x": [], "y": [], "dw": [], "dh": []})
         self._points = ColumnDataSource(_empty_points())
         self._segments = ColumnDataSource({"x0": [], "y0": [], "x1": [], "y1": [], "colour": []})
-        fig = figure(
-            x_range=Range1d(-0.5, IMAGE_SIZE - 0.5), y_range=Range1d(IMAGE_SIZE - 0.5, -0.5),
-            frame_width=IMAGE_SIZE * SCALE, frame_height=IMAGE_SIZE * SCALE,
-            toolbar_location=None, tools="", min_border=0, outline_line_color=None,
-            css_classes=["fkd-detail-face"],
-        )
-        fig.axis.visible = False
-        fig.grid.visible = False
-        fig.image("image", x="x", y="y", dw="dw", dh="dh", source=self._image,
-                  color_mapper=grey_mapper())
+        fig = face_figure(self._image, SCALE, "fkd-detail-face")
         fig.segment("x0", "y0", "x1", "y1", source=self._segments, line_color="colour",
                     line_width=2, line_alpha=0.85)
         points = fig.scatter("x", "y", source=self._points, marker="marker", size="size",

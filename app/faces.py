@@ -36,6 +36,21 @@ def grey_mapper() -> LinearColorMapper:
     return LinearColorMapper(palette=Greys256, low=0, high=255)
 
 
+def face_figure(source: ColumnDataSource, scale: float, css_class: str):
+    """One bare face at ``scale`` screen pixels per image pixel, pixel centres on integers."""
+    fig = figure(
+        x_range=Range1d(-0.5, IMAGE_SIZE - 0.5), y_range=Range1d(IMAGE_SIZE - 0.5, -0.5),
+        frame_width=int(IMAGE_SIZE * scale), frame_height=int(IMAGE_SIZE * scale),
+        toolbar_location=None, tools="", min_border=0, outline_line_color=None,
+        css_classes=[css_class],
+    )
+    fig.axis.visible = False
+    fig.grid.visible = False
+    fig.image("image", x="x", y="y", dw="dw", dh="dh", source=source,
+              color_mapper=grey_mapper())
+    return fig
+
+
 class FaceCanvas:
     """One figure showing ``slots`` faces in ``columns`` columns, all data in five sources."""
 
