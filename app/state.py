@@ -37,12 +37,17 @@ class Settings:
 
     @classmethod
     def from_args(cls, argv: list[str], environ=os.environ) -> Settings:
-        """``--data``/``--models`` (``panel serve app/ --args ...``), else FKD_DATA/FKD_MODELS."""
+        """``--data``/``--models`` (``panel serve app/ --args ...``), else the environment,
+        else the defaults — the CLI's rule (:mod:`fkd_core.settings`)."""
+        from fkd_core import settings
+
         parser = argparse.ArgumentParser(prog="app", add_help=False)
-        parser.add_argument("--data", default=environ.get("FKD_DATA") or None)
-        parser.add_argument("--models", default=environ.get("FKD_MODELS") or "models")
+        parser.add_argument("--data")
+        parser.add_argument("--models")
         args, _ = parser.parse_known_args(argv)
-        return cls(args.data, args.models)
+        data = settings.data_path(args.data, environ)
+        return cls(None if data is None else str(data),
+                   str(settings.models_dir(args.models, environ)))
 
 
 def train_command(settings: Settings, data_path: str) -> str:

@@ -30,6 +30,7 @@ import tensorflow as tf
 from fkd_core.keypoints import (
     FLIP_COLUMN_PERMUTATION,
     FLIP_X_SUM,
+    FRAME,
     IMAGE_SIZE,
     N_COORDS,
     N_KEYPOINTS,
@@ -195,7 +196,8 @@ def affine_matrices(angle, scale, shift, flip) -> tuple[tf.Tensor, tf.Tensor]:
 def warp_batch(images, keypoints, forward, inverse, flip) -> tuple[tf.Tensor, tf.Tensor]:
     """Apply one affine per image to images and keypoints; flipped rows swap left/right labels.
 
-    Keypoints landing outside [0, 95] become NaN (both coordinates) rather than wrong values.
+    Keypoints landing outside the frame (:data:`fkd_core.keypoints.FRAME`) become NaN (both
+    coordinates) rather than wrong values.
     """
     transforms = tf.concat(
         [tf.reshape(inverse, [-1, 6]), tf.zeros([tf.shape(inverse)[0], 2], tf.float32)], axis=1
@@ -210,7 +212,7 @@ def warp_batch(images, keypoints, forward, inverse, flip) -> tuple[tf.Tensor, tf
     )
     pts = tf.reshape(keypoints, [-1, N_KEYPOINTS, 2])
     pts = tf.einsum("bij,bkj->bki", forward[:, :, :2], pts) + forward[:, None, :, 2]
-    inside = tf.reduce_all((pts >= 0.0) & (pts <= float(FLIP_X_SUM)), axis=2, keepdims=True)
+    inside = tf.reduce_all((pts >= FRAME[0]) & (pts <= FRAME[1]), axis=2, keepdims=True)
     pts = tf.where(inside, pts, tf.constant(np.nan, tf.float32))
     kp = tf.reshape(pts, [-1, N_COORDS])
     kp = tf.where(flip[:, None], tf.gather(kp, FLIP_COLUMN_PERMUTATION, axis=1), kp)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -19,6 +20,37 @@ app.add_typer(data_app, name="data")
 
 out = Console()
 err = Console(stderr=True)
+
+DATA_HELP = "Kaggle data folder or archive (default: $FKD_DATA, else the demo set)."
+MODELS_HELP = "Folder of runs (default: $FKD_MODELS, else models/)."
+
+
+DATA_OPTION = typer.Option(None, "--data", help=DATA_HELP)
+MODELS_OPTION = typer.Option(None, "--models", help=MODELS_HELP)
+
+
+def _data_path(data: Path | None) -> Path:
+    from fkd_core import dataset, settings
+
+    return settings.data_path(data) or dataset.demo_path()
+
+
+def _models_dir(models: Path | None) -> Path:
+    from fkd_core import settings
+
+    return settings.models_dir(models)
+
+
+def _run_id(run_id: str | None) -> str | None:
+    """A --run-id checked before any work, so a bad one never costs a training."""
+    from fkd_core.run_schema import RunFileError, validate_run_id
+
+    if run_id is None:
+        return None
+    try:
+        return validate_run_id(run_id)
+    except RunFileError as exc:
+        fail(f"--run-id: {exc}")
 
 
 def fail(message: str, code: int = 1):
@@ -121,7 +153,7 @@ def data_demo(
 def _load_train(data: Path | None):
     from fkd_core import dataset
 
-    path = data if data is not None else dataset.demo_path()
+    path = _data_path(data)
     with data_errors(), progress_bar("parsing images") as progress:
         return dataset.load(path, parts=("training",), progress=progress).require_train()
 
@@ -162,7 +194,7 @@ AUGMENT_PRESETS = {
 
 @app.command("train")
 def train_cmd(
-    data: Path = typer.Option(None, "--data", help="Kaggle data folder/archive (default: demo)."),
+    data: Path = DATA_OPTION,
     arch: str = typer.Option("resnet", "--arch", help="Architecture name (see `fkd archs`)."),
     head: str = typer.Option("heatmap", "--head", help="heatmap or regression."),
     width: float = typer.Option(1.0, "--width", help="Channel multiplier."),
@@ -177,22 +209,28 @@ def train_cmd(
     augment: str = typer.Option("default", "--augment", help="Augmentation preset: default, none."),
     aug: list[str] = typer.Option([], "--aug", help="Augmentation override KEY=VALUE, e.g. "
                                   "rotate_deg=20 or noise_prob=0."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction"),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Rows that steer training "
+                                       "(early stopping, schedule) and are scored."),
+    holdout_fraction: float = typer.Option(
+        0.0, "--holdout-fraction",
+        help="Rows set aside untouched and scored only at the end (the honest score)."),
     seed: int = typer.Option(0, "--seed"),
     max_minutes: float = typer.Option(None, "--max-minutes", help="Stop after this much time."),
     steps_per_epoch: int = typer.Option(None, "--steps-per-epoch", help="Cap steps per epoch."),
-    models: Path = typer.Option(Path("models"), "--models", help="Where runs are written."),
+    models: Path = MODELS_OPTION,
     run_id: str = typer.Option(None, "--run-id", help="Folder name (default: time-arch-head)."),
 ):
     """Train a model; the run folder appears under --models only when it is complete."""
     from fkd_core.training import TrainConfig, train
 
+    run_id = _run_id(run_id)
     try:
         config = TrainConfig(
             arch=arch, head=head, width=width, depth=depth, dropout=dropout,
             head_options=_key_values(head_opt, "--head-opt"), epochs=epochs,
             batch_size=batch_size, lr=lr, schedule=schedule, patience=patience,
-            val_fraction=val_fraction, seed=seed, augment=_augment_config(augment, aug),
+            val_fraction=val_fraction, holdout_fraction=holdout_fraction, seed=seed,
+            augment=_augment_config(augment, aug),
             max_minutes=max_minutes, steps_per_epoch=steps_per_epoch,
         )
         from fkd_core.architectures import create_model
@@ -203,7 +241,7 @@ def train_cmd(
         fail(str(exc))
     train_set = _load_train(data)
     try:
-        path = train(train_set, config, models, run_id=run_id, verbose=_verbose())
+        path = train(train_set, config, _models_dir(models), run_id=run_id, verbose=_verbose())
     except KeyboardInterrupt:
         fail("training interrupted; no run was saved", code=130)
     except (ValueError, FileExistsError, FloatingPointError) as exc:
@@ -212,22 +250,29 @@ def train_cmd(
 
 
 def _print_run_result(path: Path) -> None:
-    m = json.loads((path / "metrics.json").read_text())
-    c = json.loads((path / "config.json").read_text())
-    out.print(f"run [bold]{path}[/]")
+    from fkd_core import runs
+
+    run = runs.read_run(path)
+    if not run.ok:
+        fail(f"run {path} was written but does not read back: {run.error}")
+    m, c = run.metrics, run.config
+    out.print(f"run [bold]{escape(str(path))}[/]")
     tta = m.get("val_rmse_tta")
     out.print(
         f"validation RMSE {m['val_rmse']:.3f} px"
         + (f", with flip-TTA {tta:.3f} px" if tta is not None else "")
-        + f" ({c.get('epochs_run', '?')} epochs, {c.get('train_seconds', 0) / 60:.1f} min)"
+        + f" ({c.get('epochs_run') or '–'} epochs, {(c.get('train_seconds') or 0) / 60:.1f} min)"
     )
+    if m.get("holdout_rmse") is not None:
+        out.print(f"hold-out RMSE {m['holdout_rmse']:.3f} px, with flip-TTA "
+                  f"{m['holdout_rmse_tta']:.3f} px ({m['holdout_images']} untouched faces)")
 
 
-def _run(run: str, models: Path):
+def _run(run: str, models: Path | None):
     from fkd_core import runs
 
     try:
-        return runs.resolve(run, models)
+        return runs.resolve(run, _models_dir(models))
     except ValueError as exc:
         fail(str(exc))
 
@@ -236,35 +281,64 @@ def _verbose() -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
+def _px(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 @app.command("runs")
-def runs_cmd(models: Path = typer.Option(Path("models"), "--models")):
-    """List trained runs, best validation RMSE first; broken ones with the reason."""
+def runs_cmd(
+    models: Path = MODELS_OPTION,
+    clean: bool = typer.Option(False, "--clean", help="Delete staging folders left by killed "
+                               "trainings (never one a live process is writing)."),
+):
+    """List trained runs, best validation RMSE first; broken ones with the reason; staging
+    folders left by killed trainings."""
     from fkd_core import runs
 
+    models = _models_dir(models)
+    if clean:
+        for s in runs.clean_stale(models):
+            out.print(f"removed {escape(str(s.path))} (run {escape(s.run_id)}, "
+                      f"{_age(s.age_seconds)} old)", highlight=False)
     found = runs.list_runs(models)
     if not found:
-        out.print(f"no runs in {models} yet — make one with: fkd train --epochs 5")
-        return
-    table = Table("run", "kind", "arch", "val RMSE", "flip-TTA", "epochs", "minutes", box=None)
-    ok = sorted((r for r in found if r.ok), key=lambda r: r.val_rmse or float("inf"))
-    for r in ok:
-        tta = r.metrics.get("val_rmse_tta")
-        table.add_row(
-            r.id, r.kind, r.arch, f"{r.val_rmse:.3f}", "–" if tta is None else f"{tta:.3f}",
-            str(r.config.get("epochs_run", "–")), f"{r.config.get('train_seconds', 0) / 60:.1f}",
-        )
-    out.print(table)
-    for r in found:
-        if not r.ok:
-            out.print(f"[red]broken[/] {r.id}: {r.error}", highlight=False)
+        out.print(f"no runs in {escape(str(models))} yet — make one with: fkd train --epochs 5")
+    else:
+        table = Table("run", "kind", "arch", "val RMSE", "flip-TTA", "hold-out", "epochs",
+                      "minutes", box=None)
+        ok = sorted((r for r in found if r.ok), key=lambda r: r.val_rmse)
+        for r in ok:
+            c = r.config
+            table.add_row(
+                escape(r.id), escape(r.kind), escape(r.arch), _px(r.val_rmse),
+                _px(r.metrics.get("val_rmse_tta")), _px(r.metrics.get("holdout_rmse")),
+                str(c.get("epochs_run") or "–"), f"{(c.get('train_seconds') or 0) / 60:.1f}",
+            )
+        out.print(table)
+        for r in found:
+            if not r.ok:
+                out.print(f"[red]broken[/] {escape(r.id)}: {escape(r.error)}", highlight=False)
+    for s in runs.stale_staging(models, include_live=True):
+        state = "being written now" if s.live else "left by a killed training"
+        out.print(f"[yellow]staging[/] {escape(s.path.name)}: run {escape(s.run_id)}, {state}, "
+                  f"{_age(s.age_seconds)} old" + ("" if s.live else " (fkd runs --clean "
+                                                   "removes it)"), highlight=False)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @app.command("evaluate")
 def evaluate_cmd(
     run: str = typer.Argument(..., help="Run id (under --models) or run folder."),
-    data: Path = typer.Option(None, "--data", help="Kaggle data (default: demo)."),
-    models: Path = typer.Option(Path("models"), "--models"),
-    subset: str = typer.Option("val", "--subset", help="val, train or all."),
+    data: Path = DATA_OPTION,
+    models: Path = MODELS_OPTION,
+    subset: str = typer.Option("val", "--subset", help="val, holdout, train or all."),
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Horizontal-flip test-time augment."),
     worst: int = typer.Option(10, "--worst", help="How many worst images to list."),
 ):
@@ -277,7 +351,7 @@ def evaluate_cmd(
         ev = evaluate(found, train_set, subset=subset, tta=tta)
     except ValueError as exc:
         fail(str(exc))
-    out.print(f"run {found.id} on {len(ev.row_ids)} {subset} faces"
+    out.print(f"run {escape(found.id)} on {len(ev.row_ids)} {subset} faces"
               f"{' with flip-TTA' if tta else ''}: RMSE [bold]{ev.rmse:.3f}[/] px")
     table = Table("keypoint", "RMSE px", box=None)
     for name, v in ev.per_keypoint.items():
@@ -293,31 +367,42 @@ def evaluate_cmd(
 @app.command("submit")
 def submit_cmd(
     run: str = typer.Argument(..., help="Run id (under --models) or run folder."),
-    data: Path = typer.Option(None, "--data", help="Kaggle data (default: demo)."),
-    output: Path = typer.Option(Path("submission.csv"), "-o", "--output"),
-    models: Path = typer.Option(Path("models"), "--models"),
+    data: Path = DATA_OPTION,
+    output: Path = typer.Option(Path("submission.csv"), "-o", "--output",
+                                help="File to write (its folder must exist)."),
+    models: Path = MODELS_OPTION,
     tta: bool = typer.Option(True, "--tta/--no-tta", help="Horizontal-flip test-time augment."),
 ):
     """Write Kaggle's RowId,Location submission for the rows IdLookupTable.csv asks."""
     from fkd_core import dataset
     from fkd_core.evaluation import submission, write_submission
+    from fkd_core.files import check_output_file
 
+    try:  # before minutes of predicting, not after
+        check_output_file(output)
+    except ValueError as exc:
+        fail(f"-o: {exc}")
     found = _run(run, models)
-    path = data if data is not None else dataset.demo_path()
     with data_errors(), progress_bar("parsing images") as progress:
-        kd = dataset.load(path, parts=("test", "lookup"), progress=progress)
-        frame = submission(found, kd, tta=tta)
-    write_submission(frame, output)
+        kd = dataset.load(_data_path(data), parts=("test", "lookup"), progress=progress)
+        try:
+            frame = submission(found, kd, tta=tta)
+        except ValueError as exc:
+            fail(str(exc))
+    try:
+        write_submission(frame, output)
+    except OSError as exc:
+        fail(f"-o: could not write {output}: {exc.strerror or exc}")
     out.print(f"wrote {len(frame)} predictions for {kd.lookup.ImageId.nunique()} test images "
-              f"to {output}")
+              f"to {escape(str(output))}")
 
 
 @app.command("train-specialists")
 def train_specialists_cmd(
     base: str = typer.Option(..., "--base", help="Base run to fine-tune from."),
     by: str = typer.Option("group", "--by", help="keypoint (15 models) or group (4)."),
-    data: Path = typer.Option(None, "--data", help="Kaggle data (default: demo)."),
-    models: Path = typer.Option(Path("models"), "--models"),
+    data: Path = DATA_OPTION,
+    models: Path = MODELS_OPTION,
     epochs: int = typer.Option(10, "--epochs", min=1),
     lr: float = typer.Option(3e-4, "--lr"),
     patience: int = typer.Option(5, "--patience"),
@@ -327,6 +412,7 @@ def train_specialists_cmd(
     """Fine-tune one specialist per keypoint or group from a base run; save them as one run."""
     from fkd_core.composite import train_specialists
 
+    run_id = _run_id(run_id)
     found = _run(base, models)
     if found.kind != "single":
         fail(f"--base must be a single-model run, not a {found.kind} run")
@@ -335,7 +421,7 @@ def train_specialists_cmd(
         fail(f"run {found.id} was trained on other data; pass the same --data")
     try:
         path = train_specialists(
-            train_set, found, by=by, models_dir=models, epochs=epochs, lr=lr,
+            train_set, found, by=by, models_dir=_models_dir(models), epochs=epochs, lr=lr,
             patience=patience, run_id=run_id, verbose=_verbose(),
             steps_per_epoch=steps_per_epoch,
         )
@@ -351,15 +437,17 @@ def ensemble_cmd(
     members: list[str] = typer.Argument(..., help="Two or more run ids or folders."),
     weights: str = typer.Option("equal", "--weights",
                                 help="equal, auto (from validation RMSE) or w1,w2,..."),
-    models: Path = typer.Option(Path("models"), "--models"),
+    models: Path = MODELS_OPTION,
     run_id: str = typer.Option(None, "--run-id"),
 ):
     """Average runs into a new run with its own metrics and predictions."""
     from fkd_core.composite import make_ensemble
 
+    run_id = _run_id(run_id)
     found = [_run(m, models) for m in members]
     try:
-        path = make_ensemble(found, weights=weights, models_dir=models, run_id=run_id)
+        path = make_ensemble(found, weights=weights, models_dir=_models_dir(models),
+                             run_id=run_id)
     except (ValueError, FileExistsError) as exc:
         fail(str(exc))
     _print_run_result(path)

@@ -7,6 +7,7 @@ Building the combination as a single functional model means a composite run has 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,26 +93,28 @@ def train_specialists(data, base, *, by: str = "group", models_dir="models", epo
     """Fine-tune one copy of ``base`` per keypoint or group; combine them into one run.
 
     Each specialist starts from the base run's weights (transfer), keeps its split (so no
-    validation face is trained on) and trains on every row labelling its keypoints.
+    validation or hold-out face is trained on) and trains on every row labelling its
+    keypoints.
     """
     import dataclasses
     import time
-    from datetime import datetime, timezone
 
     from fkd_core import training
     from fkd_core.keypoints import column_indices
+    from fkd_core.run_schema import new_run_id, run_config
+    from fkd_core.runs import staged_run
 
     groups = specialist_groups(by)
-    base_train = dict(base.config.get("train", {}))
-    base_cfg = training.TrainConfig(**base_train)
+    base_cfg = training.TrainConfig(**dict(base.config.get("train") or {}))
     cfg = dataclasses.replace(
         base_cfg, epochs=epochs, lr=lr, patience=patience, init_from=str(base.path),
         max_minutes=None, **overrides,
     )
-    run_id = run_id or f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-specialists-{by}"
+    run_id = run_id or new_run_id("specialists", by)
     started = time.time()
-    with training.staged_run(models_dir, run_id) as staging:
-        members, source, preds, preds_tta = [], np.zeros(N_COORDS, int), [], []
+    with staged_run(models_dir, run_id) as staging:
+        members, source, parts = [], np.zeros(N_COORDS, int), []
+        epochs_run = 0
         for i, (name, keypoints) in enumerate(groups.items()):
             spec_cfg = dataclasses.replace(cfg, keypoints=list(keypoints))
             path = training.train(
@@ -121,44 +124,54 @@ def train_specialists(data, base, *, by: str = "group", models_dir="models", epo
                                                    compile=False))
             source[column_indices(keypoints)] = i
             with np.load(path / "val_predictions.npz") as z:
-                preds.append(z["pred"])
-                preds_tta.append(z["pred_tta"])
-                row_ids = z["row_ids"]
+                saved = {k: z[k] for k in z.files}
+            parts.append((training.read_scored(saved), training.read_scored(saved, "holdout_")))
+            with open(path / "config.json") as f:
+                epochs_run += json.load(f).get("epochs_run") or 0
             (path / "model.keras").unlink()  # its weights live on in the combined model
         model = combine_specialists(members, source)
         model.save(staging / "model.keras")
-        pick = np.arange(N_COORDS)
-        pred = np.stack(preds)[source, :, pick].T
-        pred_tta = np.stack(preds_tta)[source, :, pick].T
-        truth = data.keypoints[np.searchsorted(data.row_ids, row_ids)]
-        training.write_predictions(staging, row_ids, pred, pred_tta, truth)
-        training.write_json(staging / "metrics.json", training.metrics_report(pred, pred_tta,
-                                                                               truth))
-        training.write_json(staging / "config.json", {
-            "kind": "specialists",
-            "run_id": run_id,
-            "arch": f"specialists({base.arch})",
-            "by": by,
-            "base_run": base.id,
-            "specialists": {name: list(kps) for name, kps in groups.items()},
-            "train": dataclasses.asdict(cfg),
-            "split": {"val_fraction": cfg.val_fraction, "seed": cfg.seed},
-            "data": base.config.get("data", {}),
-            "model": {"name": model.name, "params": int(model.count_params())},
-            "train_seconds": round(time.time() - started, 1),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        })
+
+        def pick(which: int):
+            """Each coordinate from the specialist that predicts it."""
+            if parts[0][which] is None:
+                return None
+            scored = [p[which] for p in parts]
+            cols = np.arange(N_COORDS)
+            row_ids = scored[0].row_ids
+            truth = data.keypoints[np.searchsorted(data.row_ids, row_ids)]
+            return training.Scored(
+                row_ids, np.stack([s.pred for s in scored])[source, :, cols].T,
+                np.stack([s.pred_tta for s in scored])[source, :, cols].T, truth)
+
+        val, holdout = pick(0), pick(1)
+        training.write_predictions(staging, val, holdout)
+        training.write_json(staging / "metrics.json", training.metrics_report(val, holdout))
+        training.write_json(staging / "config.json", run_config(
+            "specialists", run_id, arch=f"specialists({base.arch})", model=model,
+            label_offset=base.label_offset, train_seconds=time.time() - started,
+            epochs_run=epochs_run, data=base.config.get("data", {}),
+            by=by, base_run=base.id,
+            specialists={name: list(kps) for name, kps in groups.items()},
+            train=dataclasses.asdict(cfg),
+            split={"val_fraction": cfg.val_fraction, "holdout_fraction": cfg.holdout_fraction,
+                   "seed": cfg.seed},
+        ))
     return Path(models_dir) / run_id
 
 
 def ensemble_weights(runs, row_ids: np.ndarray, mode: str) -> np.ndarray:
-    """Equal weights, or 'auto': inverse squared validation RMSE on the shared rows."""
+    """Equal weights, or 'auto': inverse squared validation RMSE on the shared rows (never
+    the hold-out rows, which stay untouched)."""
     from fkd_core import metrics
 
     if mode == "equal":
         return np.ones(len(runs))
     if mode != "auto":
-        return np.array([float(w) for w in mode.split(",")])
+        try:
+            return np.array([float(w) for w in mode.split(",")])
+        except ValueError:
+            raise ValueError(f"--weights must be equal, auto or numbers, not {mode!r}") from None
     errs = []
     for r in runs:
         vp = r.val_predictions
@@ -167,13 +180,31 @@ def ensemble_weights(runs, row_ids: np.ndarray, mode: str) -> np.ndarray:
     return 1.0 / np.square(np.array(errs))
 
 
+def _shared(scored: list) -> np.ndarray:
+    """Row ids every member scored (empty if any member has none)."""
+    if any(s is None for s in scored):
+        return np.zeros(0, np.int64)
+    shared = scored[0].row_ids
+    for s in scored[1:]:
+        shared = np.intersect1d(shared, s.row_ids)
+    return shared
+
+
 def make_ensemble(runs, *, weights: str = "equal", models_dir="models",
                   run_id: str | None = None):
-    """Average runs into a new run, scored on the validation rows all members share."""
+    """Average runs into a new run, scored on the validation (and hold-out) rows all members
+    share."""
     import time
-    from datetime import datetime, timezone
 
-    from fkd_core import training
+    from fkd_core.run_schema import new_run_id, run_config
+    from fkd_core.runs import staged_run
+    from fkd_core.training import (
+        Scored,
+        metrics_report,
+        read_scored,
+        write_json,
+        write_predictions,
+    )
 
     if len(runs) < 2:
         raise ValueError("an ensemble needs at least two runs")
@@ -183,46 +214,42 @@ def make_ensemble(runs, *, weights: str = "equal", models_dir="models",
     offsets = {r.label_offset for r in runs}
     if len(offsets) != 1:
         raise ValueError("ensemble members were trained with different label offsets")
-    shared = runs[0].val_predictions["row_ids"]
-    for r in runs[1:]:
-        shared = np.intersect1d(shared, r.val_predictions["row_ids"])
+    vals = [read_scored(r.val_predictions) for r in runs]
+    holdouts = [read_scored(r.val_predictions, "holdout_") for r in runs]
+    shared = _shared(vals)
     if len(shared) == 0:
         raise ValueError("the runs share no validation rows (different splits); cannot score")
     w = ensemble_weights(runs, shared, weights)
-    if len(w) != len(runs):
-        raise ValueError(f"--weights needs {len(runs)} comma-separated numbers, 'auto' or 'equal'")
+    if len(w) != len(runs) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"--weights needs {len(runs)} comma-separated non-negative numbers, "
+                         "'auto' or 'equal'")
     w = w / w.sum()
+
+    def average(scored: list, rows: np.ndarray) -> Scored | None:
+        if len(rows) == 0:
+            return None
+        taken = [s.take(rows) for s in scored]
+        return Scored(rows, sum(wi * t.pred for wi, t in zip(w, taken)),
+                      sum(wi * t.pred_tta for wi, t in zip(w, taken)), taken[0].truth)
+
     started = time.time()
-    run_id = run_id or f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-ensemble"
-    with training.staged_run(models_dir, run_id) as staging:
+    run_id = run_id or new_run_id("ensemble")
+    with staged_run(models_dir, run_id) as staging:
         model = ensemble([r.load_model() for r in runs], w)
         model.save(staging / "model.keras")
-        parts = []
-        for r in runs:
-            vp = r.val_predictions
-            idx = np.searchsorted(vp["row_ids"], shared)
-            parts.append((vp["pred"][idx], vp["pred_tta"][idx], vp["truth"][idx]))
-        pred = sum(wi * p[0] for wi, p in zip(w, parts))
-        pred_tta = sum(wi * p[1] for wi, p in zip(w, parts))
-        truth = parts[0][2]
-        training.write_predictions(staging, shared, pred, pred_tta, truth)
-        training.write_json(staging / "metrics.json",
-                            training.metrics_report(pred, pred_tta, truth))
+        val, holdout = average(vals, shared), average(holdouts, _shared(holdouts))
+        write_predictions(staging, val, holdout)
+        write_json(staging / "metrics.json", metrics_report(val, holdout))
         first = runs[0].config
-        training.write_json(staging / "config.json", {
-            "kind": "ensemble",
-            "run_id": run_id,
-            "arch": "ensemble(" + ",".join(r.arch for r in runs) + ")",
-            "members": [r.id for r in runs],
-            "weights": w.tolist(),
-            "weight_mode": weights,
-            "label_offset": runs[0].label_offset,
-            "split": first.get("split") or {
-                k: first.get("train", {}).get(k) for k in ("val_fraction", "seed")
+        write_json(staging / "config.json", run_config(
+            "ensemble", run_id, arch="ensemble(" + ",".join(r.arch for r in runs) + ")",
+            model=model, label_offset=runs[0].label_offset,
+            train_seconds=time.time() - started, epochs_run=None,
+            data=first.get("data", {}),
+            members=[r.id for r in runs], weights=w.tolist(), weight_mode=weights,
+            split=first.get("split") or {
+                k: (first.get("train") or {}).get(k)
+                for k in ("val_fraction", "holdout_fraction", "seed")
             },
-            "data": first.get("data", {}),
-            "model": {"name": model.name, "params": int(model.count_params())},
-            "train_seconds": round(time.time() - started, 1),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        })
+        ))
     return Path(models_dir) / run_id

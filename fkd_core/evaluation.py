@@ -10,7 +10,7 @@ import pandas as pd
 
 from fkd_core import kaggle, metrics
 from fkd_core.dataset import KaggleData, KeypointSet
-from fkd_core.keypoints import COLUMN_NAMES, IMAGE_SIZE, KEYPOINT_NAMES
+from fkd_core.keypoints import COLUMN_NAMES, KEYPOINT_NAMES, clip_to_frame
 from fkd_core.runs import Run
 
 
@@ -41,25 +41,33 @@ class Evaluation:
         return frame.sort_values("rmse", ascending=False, na_position="last")
 
 
-def evaluation_rows(run: Run, data: KeypointSet, subset: str) -> np.ndarray:
-    """Positions to evaluate: the run's validation rows, all rows, or the rest (training).
+SUBSETS = ("val", "holdout", "train", "all")
 
-    Validation rows come from the run's own ``val_predictions.npz`` — exact for single,
-    specialist and ensemble runs alike — and are only meaningful on the data the run was
-    trained on, which the data fingerprint checks.
+
+def evaluation_rows(run: Run, data: KeypointSet, subset: str) -> np.ndarray:
+    """Positions to evaluate: the run's validation or hold-out rows, all rows, or the rest
+    (training).
+
+    Validation and hold-out rows come from the run's own ``val_predictions.npz`` — exact
+    for single, specialist and ensemble runs alike — and are only meaningful on the data the
+    run was trained on, which the data fingerprint checks.
     """
     if subset == "all":
         return np.arange(len(data))
-    if subset not in ("val", "train"):
-        raise ValueError(f"subset must be val, train or all, not {subset!r}")
+    if subset not in SUBSETS:
+        raise ValueError(f"subset must be one of {', '.join(SUBSETS)}, not {subset!r}")
     trained_on = run.config.get("data", {})
     if trained_on.get("fingerprint") != data.fingerprint:
         raise ValueError(
             f"run {run.id} was trained on other data ({trained_on.get('source')}); "
             f"its {subset} rows are unknown here — use --subset all"
         )
-    val = np.isin(data.row_ids, run.val_predictions["row_ids"])
-    return np.flatnonzero(val if subset == "val" else ~val)
+    saved = run.val_predictions
+    val = np.isin(data.row_ids, saved["row_ids"])
+    held = np.isin(data.row_ids, saved.get("holdout_row_ids", np.zeros(0, np.int64)))
+    if subset == "holdout" and not held.any():
+        raise ValueError(f"run {run.id} has no hold-out rows (train with --holdout-fraction)")
+    return np.flatnonzero({"val": val, "holdout": held, "train": ~(val | held)}[subset])
 
 
 def evaluate(run: Run, data: KeypointSet, *, subset: str = "val", tta: bool = False,
@@ -72,13 +80,14 @@ def evaluate(run: Run, data: KeypointSet, *, subset: str = "val", tta: bool = Fa
 def submission(run: Run, data: KaggleData, *, tta: bool = True, model=None) -> pd.DataFrame:
     """Kaggle's ``RowId,Location`` for every row of IdLookupTable.csv, in its order.
 
-    Locations are clipped to the 96-pixel frame [0, 96].
+    Locations are clipped to the image's frame in the data set's convention
+    (:func:`fkd_core.keypoints.clip_to_frame`).
     """
     if data.test is None or data.lookup is None:
         raise kaggle.KaggleFormatError(
             data.path, f"a submission needs {kaggle.TEST} and {kaggle.LOOKUP}"
         )
-    pred = np.clip(run.predict(data.test.images, tta=tta, model=model), 0.0, float(IMAGE_SIZE))
+    pred = clip_to_frame(run.predict(data.test.images, tta=tta, model=model), run.label_offset)
     position = pd.Series(np.arange(len(data.test)), index=data.test.image_ids)
     rows = position.loc[data.lookup.ImageId.to_numpy()].to_numpy()
     cols = pd.Series(np.arange(len(COLUMN_NAMES)), index=COLUMN_NAMES)

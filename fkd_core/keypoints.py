@@ -14,6 +14,10 @@ import numpy as np
 IMAGE_SIZE = 96
 N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 FLIP_X_SUM = IMAGE_SIZE - 1  # flipped x = FLIP_X_SUM - x
+#: The frame: where a keypoint can lie — the image's extent, pixel centres at 0 … 95, so its
+#: edges are half a pixel beyond them. Submissions clip to it, augmentation makes keypoints
+#: pushed outside it missing, the dashboard draws exactly it.
+FRAME = (-0.5, IMAGE_SIZE - 0.5)
 
 KEYPOINT_NAMES: tuple[str, ...] = (
     "left_eye_center",
@@ -155,6 +159,26 @@ def flip_images(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
     axis = -1 if images.shape[-1] == IMAGE_SIZE and images.shape[-2] == IMAGE_SIZE else -2
     return np.flip(images, axis=axis)
+
+
+def in_frame(keypoints: np.ndarray, label_offset: float = 0.0) -> np.ndarray:
+    """Bool (..., 15): whether each keypoint (both coordinates) lies inside :data:`FRAME`.
+
+    ``label_offset`` moves the frame's x range into a data set's label convention.
+    """
+    pts = as_points(keypoints)
+    lo, hi = FRAME
+    x, y = pts[..., 0] - label_offset, pts[..., 1]
+    return (x >= lo) & (x <= hi) & (y >= lo) & (y <= hi)
+
+
+def clip_to_frame(keypoints: np.ndarray, label_offset: float = 0.0) -> np.ndarray:
+    """Keypoints (..., 30) clipped into :data:`FRAME` (x shifted by ``label_offset``)."""
+    out = np.array(keypoints, dtype=np.float32, copy=True)
+    lo, hi = FRAME
+    out[..., 0::2] = np.clip(out[..., 0::2], lo + label_offset, hi + label_offset)
+    out[..., 1::2] = np.clip(out[..., 1::2], lo, hi)
+    return out
 
 
 def as_points(keypoints: np.ndarray) -> np.ndarray:

@@ -1,31 +1,29 @@
 """Training a model into a run folder that appears only when the run is complete.
 
-A run is written to a hidden ``models/.incomplete-<id>`` folder and renamed to
-``models/<id>`` after its model, history, predictions and metrics are all on disk, so a
-killed, interrupted or failed run never looks like a finished one (the runs registry skips
-hidden folders). SIGTERM is turned into KeyboardInterrupt for the same clean-up.
+A run is written to a staging folder of its own (:func:`fkd_core.runs.staged_run`) and
+renamed to ``models/<id>`` after its model, history, predictions and metrics are all on
+disk, so a killed, interrupted or failed run never looks like a finished one. SIGTERM is
+turned into KeyboardInterrupt for the same clean-up.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import shutil
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from fkd_core import __version__, metrics
+from fkd_core import metrics
 from fkd_core.dataset import KeypointSet
+from fkd_core.files import atomic_write
 from fkd_core.keypoints import COLUMN_NAMES, KEYPOINT_NAMES, column_indices
+from fkd_core.run_schema import new_run_id, run_config
+from fkd_core.runs import staged_run
 
 
 @dataclass
@@ -44,6 +42,7 @@ class TrainConfig:
     schedule: str = "cosine"  # "cosine" (decay over the epochs) or "plateau"
     patience: int = 10  # early stopping on validation RMSE, restoring the best weights
     val_fraction: float = 0.1
+    holdout_fraction: float = 0.0  # untouched rows, scored only once the run is done
     seed: int = 0
     augment: dict | None = None  # AugmentConfig fields; None trains on the plain images
     keypoints: list[str] | None = None  # train only these (specialists); None = all 15
@@ -60,6 +59,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.lr <= 0:
             raise ValueError("lr must be positive")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), not {self.val_fraction}")
+        if not 0.0 <= self.holdout_fraction < 1.0 - self.val_fraction:
+            raise ValueError(f"holdout_fraction must be in [0, {1.0 - self.val_fraction:g}) "
+                             f"with val_fraction {self.val_fraction:g}, "
+                             f"not {self.holdout_fraction}")
         if self.keypoints is not None:
             column_indices(self.keypoints)  # raises KeyError naming an unknown keypoint
         if self.augment is not None:  # store every setting, not just the overrides
@@ -68,52 +73,11 @@ class TrainConfig:
             self.augment = AugmentConfig.from_dict(self.augment).to_dict()
 
 
-def new_run_id(config: TrainConfig, kind: str | None = None) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{kind or config.arch}-{config.head}"
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM → KeyboardInterrupt, so a killed run cleans up like Ctrl-C does."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextlib.contextmanager
-def staged_run(models_dir: str | os.PathLike, run_id: str):
-    """Yield a hidden staging folder; rename it to ``models_dir/run_id`` only on success."""
-    models_dir = Path(models_dir)
-    final = models_dir / run_id
-    if final.exists():
-        raise FileExistsError(f"run {final} already exists")
-    models_dir.mkdir(parents=True, exist_ok=True)
-    staging = models_dir / f".incomplete-{run_id}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        with _sigterm_as_interrupt():
-            yield staging
-            os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    """JSON with NaN refused (it is not JSON), written atomically."""
+    text = json.dumps(obj, indent=2, default=_json_default, allow_nan=False) + "\n"
+    with atomic_write(path, encoding="utf-8") as f:
+        f.write(text)
 
 
 def _json_default(o):
@@ -206,6 +170,53 @@ def training_targets(data: KeypointSet, config: TrainConfig) -> tuple[np.ndarray
     return data.rows_labelling(config.keypoints), targets
 
 
+def split_rows(data: KeypointSet, config: TrainConfig) -> dict[str, np.ndarray]:
+    """Positions of the 'train', 'val' and 'holdout' rows: one seeded, stratified split.
+
+    Validation rows steer training (early stopping, the plateau schedule) and ensemble
+    weights, so their score is optimistic; hold-out rows are never looked at until the run
+    is finished, and their score is the honest one.
+    """
+    train_pos, val_pos = data.split(config.val_fraction, config.seed)
+    holdout = np.zeros(0, np.int64)
+    if config.holdout_fraction > 0:
+        rest = data.subset(train_pos)
+        keep, held = rest.split(config.holdout_fraction / (1.0 - config.val_fraction),
+                                config.seed + 1)
+        train_pos, holdout = train_pos[keep], train_pos[held]
+    return {"train": train_pos, "val": val_pos, "holdout": holdout}
+
+
+@dataclass
+class Scored:
+    """One model's predictions (plain and flip-TTA, pixels) on some rows, with their truth."""
+
+    row_ids: np.ndarray
+    pred: np.ndarray
+    pred_tta: np.ndarray
+    truth: np.ndarray
+
+    def take(self, row_ids: np.ndarray) -> Scored:
+        idx = np.searchsorted(self.row_ids, row_ids)
+        return Scored(row_ids, self.pred[idx], self.pred_tta[idx], self.truth[idx])
+
+
+def score(model, data: KeypointSet, rows: np.ndarray, config: TrainConfig,
+          targets: np.ndarray) -> Scored:
+    """Predict ``rows`` with and without flip-TTA; NaN predictions are an error, not a score."""
+    from fkd_core.predict import predict_keypoints
+
+    images = data.images[rows]
+    pred = predict_keypoints(model, images, label_offset=config.label_offset)
+    pred_tta = predict_keypoints(model, images, tta=True, label_offset=config.label_offset)
+    if not (np.isfinite(pred).all() and np.isfinite(pred_tta).all()):
+        raise FloatingPointError("the trained model predicts NaN or infinity; try a lower --lr")
+    truth = data.keypoints[rows].copy()
+    if config.keypoints:  # a specialist is scored on its own keypoints only
+        truth[np.isnan(targets[rows])] = np.nan
+    return Scored(data.row_ids[rows], pred, pred_tta, truth)
+
+
 def train(
     data: KeypointSet,
     config: TrainConfig,
@@ -214,29 +225,25 @@ def train(
     run_id: str | None = None,
     verbose: int | str = "auto",
     extra_callbacks: Sequence = (),
-    kind: str = "single",
-    extra_config: dict | None = None,
     on_staged: Callable[[Path], None] | None = None,
 ) -> Path:
     """Train one model on ``data`` and write its run folder; returns the folder's path."""
     import keras
 
     from fkd_core.losses import MaskedRMSEPixels, masked_mse
-    from fkd_core.predict import predict_keypoints
 
     keras.utils.set_random_seed(config.seed)
-    run_id = run_id or new_run_id(config)
+    run_id = run_id or new_run_id(config.arch, config.head)
     if config.label_offset is None:
         from fkd_core.calibration import estimate_label_offset
 
         config = dataclasses.replace(
             config, label_offset=estimate_label_offset(data.images, data.keypoints)
         )
-    offset = config.label_offset
-    train_pos, val_pos = data.split(config.val_fraction, config.seed)
+    split = split_rows(data, config)
     usable, targets = training_targets(data, config)
-    train_pos = np.intersect1d(train_pos, usable)
-    val_pos_fit = np.intersect1d(val_pos, usable)
+    train_pos = np.intersect1d(split["train"], usable)
+    val_pos_fit = np.intersect1d(split["val"], usable)
     if len(train_pos) == 0 or len(val_pos_fit) == 0:
         raise ValueError("no rows label the requested keypoints in the train or validation split")
 
@@ -287,33 +294,23 @@ def train(
             raise FloatingPointError("training diverged (loss became NaN); try a lower --lr")
         model.save(staging / "model.keras")
 
-        val_images = data.images[val_pos]
-        pred = predict_keypoints(model, val_images, label_offset=offset)
-        pred_tta = predict_keypoints(model, val_images, tta=True, label_offset=offset)
-        truth = data.keypoints[val_pos].copy()
-        if config.keypoints:  # a specialist is scored on its own keypoints only
-            truth[np.isnan(targets[val_pos])] = np.nan
-        write_predictions(staging, data.row_ids[val_pos], pred, pred_tta, truth)
-        write_json(staging / "metrics.json", metrics_report(pred, pred_tta, truth))
-        run_config = {
-            "kind": kind,
-            "run_id": run_id,
-            "train": dataclasses.asdict(config),
-            "data": {
+        val = score(model, data, split["val"], config, targets)
+        holdout = score(model, data, split["holdout"], config, targets) if len(
+            split["holdout"]) else None
+        write_predictions(staging, val, holdout)
+        write_json(staging / "metrics.json", metrics_report(val, holdout))
+        write_json(staging / "config.json", run_config(
+            "single", run_id, arch=config.arch, model=model, label_offset=config.label_offset,
+            train_seconds=train_seconds, epochs_run=len(history.history.get("loss", [])),
+            data={
                 "source": data.source, "fingerprint": data.fingerprint, "rows": len(data),
-                "train_rows": int(len(train_pos)), "val_rows": int(len(val_pos)),
+                "train_rows": int(len(train_pos)), "val_rows": int(len(split["val"])),
+                "holdout_rows": int(len(split["holdout"])),
             },
-            "model": {"name": model.name, "params": int(model.count_params())},
-            "epochs_run": len(history.history.get("loss", [])),
-            "best_epoch": _best_epoch(history.history),
-            "train_seconds": round(train_seconds, 1),
-            "wall_seconds": round(time.time() - started, 1),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "fkd_version": __version__,
-            "keras_version": keras.__version__,
-            **(extra_config or {}),
-        }
-        write_json(staging / "config.json", run_config)
+            train=dataclasses.asdict(config),
+            best_epoch=_best_epoch(history.history),
+            wall_seconds=round(time.time() - started, 1),
+        ))
     return Path(models_dir) / run_id
 
 
@@ -322,32 +319,54 @@ def _best_epoch(history: dict) -> int | None:
     return int(np.nanargmin(val)) + 1 if val else None
 
 
-def write_predictions(folder: Path, row_ids, pred, pred_tta, truth) -> None:
-    np.savez(
-        folder / "val_predictions.npz", row_ids=np.asarray(row_ids), pred=pred.astype(np.float32),
-        pred_tta=pred_tta.astype(np.float32), truth=np.asarray(truth, np.float32),
-    )
+def write_predictions(folder: Path, val: Scored, holdout: Scored | None = None) -> None:
+    """``val_predictions.npz``: the validation rows' predictions (and the hold-out rows',
+    prefixed ``holdout_``), so ensembles and the dashboard never predict them again."""
+    arrays = {}
+    for prefix, part in (("", val), ("holdout_", holdout)):
+        if part is not None:
+            arrays.update({
+                f"{prefix}row_ids": np.asarray(part.row_ids),
+                f"{prefix}pred": part.pred.astype(np.float32),
+                f"{prefix}pred_tta": part.pred_tta.astype(np.float32),
+                f"{prefix}truth": np.asarray(part.truth, np.float32),
+            })
+    with atomic_write(folder / "val_predictions.npz", "wb") as f:
+        np.savez(f, **arrays)
+
+
+def read_scored(val_predictions: dict, prefix: str = "") -> Scored | None:
+    """The :class:`Scored` rows kept in a run's ``val_predictions.npz`` (None if absent)."""
+    if f"{prefix}row_ids" not in val_predictions:
+        return None
+    return Scored(*(val_predictions[f"{prefix}{k}"]
+                    for k in ("row_ids", "pred", "pred_tta", "truth")))
 
 
 def _finite_or_none(values) -> list:
     return [float(v) if np.isfinite(v) else None for v in np.atleast_1d(values)]
 
 
-def metrics_report(pred: np.ndarray, pred_tta: np.ndarray | None, truth: np.ndarray) -> dict:
-    """metrics.json: overall and per-keypoint RMSE in pixels, plain and with flip-TTA.
+def metrics_report(val: Scored, holdout: Scored | None = None) -> dict:
+    """metrics.json: validation RMSE overall and per keypoint in pixels, plain and with
+    flip-TTA, and the untouched hold-out rows' RMSE where there are any.
 
     A keypoint no validation row labels has RMSE null (JSON has no NaN).
     """
-    per_kp = _finite_or_none(metrics.per_keypoint_rmse(pred, truth))
     out = {
-        "val_rmse": _finite_or_none(metrics.rmse(pred, truth))[0],
-        "per_keypoint": dict(zip(KEYPOINT_NAMES, per_kp)),
-        "val_images": int(len(truth)),
-        "labelled_values": int(np.isfinite(truth).sum()),
+        "val_rmse": _finite_or_none(metrics.rmse(val.pred, val.truth))[0],
+        "val_rmse_tta": _finite_or_none(metrics.rmse(val.pred_tta, val.truth))[0],
+        "per_keypoint": dict(zip(KEYPOINT_NAMES, _finite_or_none(
+            metrics.per_keypoint_rmse(val.pred, val.truth)))),
+        "per_keypoint_tta": dict(zip(KEYPOINT_NAMES, _finite_or_none(
+            metrics.per_keypoint_rmse(val.pred_tta, val.truth)))),
+        "val_images": int(len(val.truth)),
+        "labelled_values": int(np.isfinite(val.truth).sum()),
         "columns": list(COLUMN_NAMES),
     }
-    if pred_tta is not None:
-        out["val_rmse_tta"] = _finite_or_none(metrics.rmse(pred_tta, truth))[0]
-        per_kp_tta = _finite_or_none(metrics.per_keypoint_rmse(pred_tta, truth))
-        out["per_keypoint_tta"] = dict(zip(KEYPOINT_NAMES, per_kp_tta))
+    if holdout is not None:
+        out["holdout_rmse"] = _finite_or_none(metrics.rmse(holdout.pred, holdout.truth))[0]
+        out["holdout_rmse_tta"] = _finite_or_none(
+            metrics.rmse(holdout.pred_tta, holdout.truth))[0]
+        out["holdout_images"] = int(len(holdout.truth))
     return out
