@@ -297,7 +297,7 @@ def train(
         val = score(model, data, split["val"], config, targets)
         holdout = score(model, data, split["holdout"], config, targets) if len(
             split["holdout"]) else None
-        write_predictions(staging, val, holdout)
+        write_predictions(staging, val, holdout, train_row_ids=data.row_ids[train_pos])
         write_json(staging / "metrics.json", metrics_report(val, holdout))
         write_json(staging / "config.json", run_config(
             "single", run_id, arch=config.arch, model=model, label_offset=config.label_offset,
@@ -319,10 +319,12 @@ def _best_epoch(history: dict) -> int | None:
     return int(np.nanargmin(val)) + 1 if val else None
 
 
-def write_predictions(folder: Path, val: Scored, holdout: Scored | None = None) -> None:
+def write_predictions(folder: Path, val: Scored, holdout: Scored | None = None,
+                      train_row_ids: np.ndarray | None = None) -> None:
     """``val_predictions.npz``: the validation rows' predictions (and the hold-out rows',
-    prefixed ``holdout_``), so ensembles and the dashboard never predict them again."""
-    arrays = {}
+    prefixed ``holdout_``), so ensembles and the dashboard never predict them again, and the
+    rows the model was fitted on, so anyone can check that none of them is scored."""
+    arrays = {} if train_row_ids is None else {"train_row_ids": np.asarray(train_row_ids)}
     for prefix, part in (("", val), ("holdout_", holdout)):
         if part is not None:
             arrays.update({
