@@ -346,3 +346,15 @@ def test_cli_and_dashboard_follow_one_settings_rule(good, demo_dir, tmp_path, mo
     monkeypatch.delenv("FKD_MODELS")
     monkeypatch.delenv("FKD_DATA")
     assert Settings.from_args([]) == Settings(None, "models")
+
+
+def test_dashboard_store_lists_a_bad_config_as_broken(good, demo_dir, tmp_path):
+    from app.state import Settings, Store
+
+    bad = _copy_run(good, tmp_path, "bad-config")
+    _copy_run(good, tmp_path, "fine")
+    _edit_json(bad / "config.json", train_seconds="abc", model=["not", "an", "object"])
+    store = Store(Settings(str(demo_dir), str(tmp_path)))
+    assert [r.id for r in store.ok_runs()] == ["fine"]
+    (broken,) = [r for r in store.runs() if not r.ok]
+    assert broken.id == "bad-config" and "train_seconds must be a number" in broken.error
