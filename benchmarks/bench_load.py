@@ -1,0 +1,785 @@
+"""The dashboard under load: N concurrent sessions on one server, measured per user action.
+
+Usage: python benchmarks/bench_load.py [--sessions 1 5 20 40] [--mode a b]
+                                       [--data DIR --models DIR] [--out benchmarks/out/load.json]
+                                       [--max-seconds 5400] [--run-seconds 900]
+
+Every (mode, N) gets a fresh ``panel serve`` on a free 127.0.0.1 port (``app.serve.Server``),
+warmed up by one browser session doing the whole sequence once (reported as "cold"), then:
+
+  (a) N Chromium sessions (one headless browser, one context each, driven concurrently with
+      Playwright's async API) each do open → Faces → 10× next → detail → Augment.
+  (b) one measured Chromium session does the same (--repeat times, a new session each time)
+      while N−1 other sessions are driven at the protocol level: real server sessions (the
+      server builds the page for each, as for a browser) whose clients, in a second process,
+      speak Bokeh's websocket protocol, click the same buttons, tap faces and switch tabs, one
+      action every --interval seconds each. This measures the server, not 40 browsers
+      fighting for 2 cores.
+
+Actions and what "done" means (the page is read through Playwright's shadow-piercing locators):
+  open     goto → the tab bar is shown        Faces    tab click → "page 1 of" and faces
+  next     click → the page counter changed and the old first caption is gone
+  detail   click on the first face → its table, titled with that face's training.csv row
+  Augment  "open this face in augmentation QA" → the samples of that row
+
+Per action p50/p95/max (nearest rank: the p95 of ten samples is their max), over every session
+(mode a) or over the measured session's repeats (mode b; the protocol clients' own times are
+listed too). Errors: server-log lines with Traceback/ERROR/RuntimeError; console messages of
+type error and uncaught page errors. Stuck: an action whose result never appeared within
+--stuck-seconds (the session stops there). Cross-session: a session read a page counter, detail
+row or augmentation row other than the one its own clicks asked for. RSS: the server process
+and its children, peak (sampled every 0.5 s) and at the end of the run.
+
+Data and runs: --data/--models, or a Kaggle-size demo set and three cheap runs made once
+under --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import random
+import re
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # app/ is not an installed package
+
+ACTIONS = ("open", "Faces", "next", "detail", "Augment")
+NEXTS = 10
+PAGE = re.compile(r"page (\d+) of (\d+)")
+ROW = re.compile(r"training\.csv row (\d+)")
+CAPTION_ROW = re.compile(r"^row (\d+) ·")
+LOG_ERROR = re.compile(r"Traceback|ERROR|RuntimeError")
+RUNS = (("simple", 1.0), ("resnet", 0.25), ("alexnet", 0.25))
+BROWSER_EXTRA = ["--disable-renderer-backgrounding", "--disable-background-timer-throttling",
+                 "--disable-backgrounding-occluded-windows"]
+#: Text of an element including its open shadow roots (Bokeh/Panel render into them).
+TEXT_JS = """e => { const skip = new Set(['STYLE', 'SCRIPT']);
+  const t = n => { let s = n.shadowRoot ? t(n.shadowRoot) : '';
+    for (const c of n.childNodes) s += c.nodeType === 3 ? c.textContent
+      : (c.nodeType === 1 && !skip.has(c.tagName) ? t(c) : '');
+    return s; };
+  return t(e); }"""
+
+
+class Stuck(Exception):
+    """An action's result never appeared."""
+
+
+class Stop(Exception):
+    """The run is over: a protocol session stops between two actions."""
+
+
+class Tally:
+    """What one (mode, N) run observed."""
+
+    def __init__(self):
+        self.times: dict[str, list[float]] = defaultdict(list)
+        self.stuck: list[str] = []
+        self.cross: list[str] = []
+        self.console: list[str] = []
+        self.failures: list[str] = []
+        self.sessions_done = 0
+
+    def summary(self) -> dict:
+        return {"actions": {a: stats(self.times.get(a, [])) for a in ACTIONS},
+                "stuck": self.stuck, "cross_session": self.cross, "console_errors": self.console,
+                "driver_failures": self.failures, "sessions_completed": self.sessions_done}
+
+
+def stats(ms: list[float]) -> dict:
+    if not ms:
+        return {"n": 0}
+    s = sorted(ms)
+
+    def rank(q):
+        return s[max(0, math.ceil(q * len(s)) - 1)]
+
+    return {"n": len(s), "p50": rank(0.5), "p95": rank(0.95), "max": s[-1]}
+
+
+# -- data -------------------------------------------------------------------------------------
+
+def prepare(work: Path, n_train: int, n_test: int) -> tuple[Path, Path]:
+    """A Kaggle-size demo set and three cheap real runs (1 epoch of 5 steps) under ``work``."""
+    data, models = work / f"data-{n_train}-{n_test}", work / "models"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cli = [sys.executable, "-m", "fkd_core.cli"]
+    if not (data / "training.csv").is_file():
+        print(f"writing {n_train} + {n_test} demo faces to {data} …", flush=True)
+        subprocess.run([*cli, "data", "demo", str(data), "--train", str(n_train), "--test",
+                        str(n_test)], check=True, env=env)
+    for arch, width in RUNS:
+        run_id = f"load-{arch}"
+        if (models / run_id).is_dir():
+            continue
+        print(f"training {run_id} …", flush=True)
+        subprocess.run([*cli, "train", "--data", str(data), "--arch", arch, "--width",
+                        str(width), "--epochs", "1", "--steps-per-epoch", "5", "--models",
+                        str(models), "--run-id", run_id], check=True, capture_output=True,
+                       env=env)
+    return data, models
+
+
+# -- server ---------------------------------------------------------------------------------
+
+def rss_mb(pid: int) -> float:
+    """VmRSS of ``pid`` and all its descendants, MiB (0 once it is gone)."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total / 1024
+
+
+async def sample_rss(pid: int, peak: list[float]) -> None:
+    while True:
+        peak[0] = max(peak[0], rss_mb(pid))
+        await asyncio.sleep(0.5)
+
+
+def log_errors(log: Path) -> list[str]:
+    """The server log's error lines (Traceback/ERROR/RuntimeError), each with its next line."""
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    return [" | ".join(lines[i:i + 2]) for i, line in enumerate(lines) if LOG_ERROR.search(line)]
+
+
+# -- one browser session ----------------------------------------------------------------------
+
+async def text_of(locator) -> str:
+    return " ".join((await locator.first.evaluate(TEXT_JS)).split())
+
+
+async def page_number(page) -> tuple[int, int] | None:
+    header = page.locator(".fkd-grid-header")
+    if not await header.count():
+        return None
+    m = PAGE.search(await text_of(header))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+async def click_face(page, index: int) -> None:
+    """Click the middle of the grid's index-th face (app.faces' geometry, as app.screenshots)."""
+    from app.faces import CAPTION as CAPTION_PX
+    from app.faces import GAP, SCALE
+
+    box = await page.locator(".fkd-grid-faces").first.bounding_box()
+    per_row = round(box["width"] / (SCALE * (96 + GAP)))
+    col, row = index % per_row, index // per_row
+    x = (col * (96 + GAP) + GAP / 2 + 48) * SCALE
+    y = (row * (96 + GAP + CAPTION_PX) + GAP / 2 + 48) * SCALE
+    await page.mouse.click(box["x"] + x, box["y"] + y)
+
+
+class BrowserSession:
+    """One context (its own cookies, its own server session) doing the measured sequence."""
+
+    def __init__(self, browser, url: str, tally: Tally, label: str, stuck_s: float):
+        self.browser, self.url, self.tally, self.label = browser, url, tally, label
+        self.timeout_ms = 1000 * stuck_s
+        self.page = None
+
+    async def act(self, name: str, fn) -> object:
+        t0 = time.perf_counter()
+        try:
+            out = await asyncio.wait_for(fn(), self.timeout_ms / 1000 + 5)
+        except Exception as exc:  # a Playwright timeout is a stuck view; anything else, too
+            why = (str(exc).splitlines() or [""])[0][:160]
+            self.tally.stuck.append(f"{self.label}: {name} after "
+                                    f"{time.perf_counter() - t0:.1f} s ({type(exc).__name__}: "
+                                    f"{why})")
+            raise Stuck from exc
+        self.tally.times[name].append(1000 * (time.perf_counter() - t0))
+        return out
+
+    def cross(self, what: str) -> None:
+        self.tally.cross.append(f"{self.label}: {what}")
+
+    async def run(self) -> None:
+        from app import screenshots as ui
+
+        ctx = await self.browser.new_context(viewport=ui.VIEWPORT)
+        ctx.set_default_timeout(self.timeout_ms)
+        page = self.page = await ctx.new_page()
+        listening = [True]
+
+        def console(msg):
+            if listening[0] and msg.type == "error":
+                self.tally.console.append(f"{self.label}: {msg.text[:300]}")
+
+        def page_error(exc):
+            if listening[0]:
+                self.tally.console.append(f"{self.label}: uncaught: {str(exc)[:300]}")
+
+        page.on("console", console)
+        page.on("pageerror", page_error)
+        try:
+            await self.sequence(ui)
+            self.tally.sessions_done += 1
+        except Stuck:
+            pass
+        finally:
+            listening[0] = False
+            await ctx.close()
+
+    async def sequence(self, ui) -> None:
+        page = self.page
+
+        async def open_():
+            await page.goto(self.url)
+            await page.locator(".bk-tab", has_text="Leaderboard").first.wait_for()
+
+        async def faces():
+            await page.locator(".bk-tab", has_text="Faces").first.click()
+            await page.locator(".fkd-grid-header", has_text=PAGE).first.wait_for()
+            await ui.caption_locator(page).first.wait_for()
+
+        await self.act("open", open_)
+        await self.act("Faces", faces)
+        shown = await page_number(page)
+        if shown is None or shown[0] != 1:
+            self.cross(f"Faces tab shows page {shown} instead of 1")
+        current, pages = shown or (1, 1)
+        for _ in range(NEXTS):
+            want = min(current + 1, pages)
+            if want == current:
+                break  # the last page: "next" has nothing to show
+            before = (await ui.captions(page))[0]
+
+            async def step(current=current, before=before):
+                await page.locator(".fkd-next button").first.click()
+                moved = re.compile(rf"page (?!{current} of)\d+ of")
+                await page.locator(".fkd-grid-header", has_text=moved).first.wait_for()
+                await page.get_by_text(before, exact=True).first.wait_for(state="hidden")
+
+            await self.act("next", step)
+            shown = await page_number(page)
+            if shown is None or shown[0] != want:
+                self.cross(f"after 'next' from page {current} the counter shows "
+                           f"{shown and shown[0]}, not {want}")
+            current = shown[0] if shown else want
+        first = (await ui.captions(page))[0]
+        m = CAPTION_ROW.match(first)
+        row = int(m.group(1)) if m else None
+
+        async def detail():
+            await click_face(page, 0)
+            await page.locator(".fkd-detail-title", has_text=ROW).first.wait_for()
+            await page.locator("table.fkd-keypoints").first.wait_for()
+            return ROW.search(await text_of(page.locator(".fkd-detail-title")))
+
+        seen = await self.act("detail", detail)
+        if row is not None and int(seen.group(1)) != row:
+            self.cross(f"detail of the first face (row {row}) shows row {seen.group(1)}")
+        row = int(seen.group(1))
+
+        async def augment():
+            await page.locator(".fkd-open-augment button").first.click()
+            header = page.locator(".fkd-aug-header", has_text=ROW).first
+            await header.wait_for()
+            await page.locator(".fkd-aug-table table").first.wait_for()
+            return ROW.search(await text_of(header))
+
+        seen = await self.act("Augment", augment)
+        if int(seen.group(1)) != row:
+            self.cross(f"Augment opened for row {row} shows row {seen.group(1)}")
+        final = await page_number(page)
+        if final is not None and final[0] != current:
+            self.cross(f"at the end the grid's counter shows page {final[0]}, not {current}")
+
+
+# -- protocol-level sessions (mode b), run in a second process --------------------------------
+
+class ProtocolSession:
+    """A server session driven over Bokeh's websocket protocol, as BokehJS would drive it: the
+    document is pulled, the server's patches applied, and our changes and UI events (button
+    clicks) sent as PATCH-DOC messages."""
+
+    def __init__(self, url: str, label: str, tally: Tally, stuck_s: float):
+        self.ws_url = url.replace("http://", "ws://").rstrip("/") + "/ws"
+        self.label, self.tally, self.stuck_s = label, tally, stuck_s
+        self.doc = None
+        self.socket = None
+        self.outbox: list = []
+        self.changed = asyncio.Event()
+        self.reader: asyncio.Task | None = None
+        self.closed = False
+
+    async def open(self) -> None:
+        from bokeh.client.websocket import WebSocketClientConnectionWrapper
+        from bokeh.document import Document
+        from bokeh.events import DocumentReady
+        from bokeh.protocol import Protocol
+        from bokeh.protocol.receiver import Receiver
+        from bokeh.util.token import generate_jwt_token, generate_session_id
+        from tornado.websocket import websocket_connect
+
+        self.protocol = Protocol()
+        self.receiver = Receiver(self.protocol)
+        token = generate_jwt_token(generate_session_id())
+        ws = await websocket_connect(self.ws_url, subprotocols=["bokeh", token],
+                                     max_message_size=200 * 2**20)
+        self.socket = WebSocketClientConnectionWrapper(ws)
+        ack = await self.receive()
+        if ack is None or ack.msgtype != "ACK":
+            raise RuntimeError(f"no ACK from the server: {ack!r}")
+        req = self.protocol.create("PULL-DOC-REQ")
+        await req.send(self.socket)
+        while True:
+            reply = await self.receive()
+            if reply is None:
+                raise RuntimeError("connection closed before the document came")
+            if reply.header.get("reqid") == req.header["msgid"]:
+                break
+        if reply.msgtype != "PULL-DOC-REPLY":
+            raise RuntimeError(f"pulling the document: {reply.content}")
+        self.doc = Document()
+        reply.push_to_document(self.doc)
+        self.doc.on_change(self.on_change)
+        self.reader = asyncio.ensure_future(self.read())
+        self.doc.callbacks.send_event(DocumentReady())
+        await self.flush()
+
+    async def receive(self):
+        while True:
+            fragment = await self.socket.read_message()
+            if fragment is None:
+                return None
+            msg = await self.receiver.consume(fragment)
+            if msg is not None:
+                return msg
+
+    async def read(self) -> None:
+        while True:
+            msg = await self.receive()
+            if msg is None:
+                if not self.closed:
+                    self.tally.failures.append(f"{self.label}: the server closed the socket")
+                return
+            if msg.msgtype == "PATCH-DOC":
+                try:
+                    msg.apply_to_document(self.doc, self)
+                except Exception as exc:  # a patch this client cannot apply is worth knowing
+                    self.tally.failures.append(f"{self.label}: applying a patch: {exc!r}"[:300])
+                self.changed.set()
+            elif msg.msgtype == "ERROR":
+                self.tally.failures.append(f"{self.label}: server ERROR reply: {msg.content}")
+
+    def on_change(self, event) -> None:
+        if getattr(event, "setter", None) is not self:
+            self.outbox.append(event)
+
+    async def flush(self) -> None:
+        events, self.outbox = self.outbox, []
+        if events:
+            await self.protocol.create("PATCH-DOC", events).send(self.socket)
+
+    async def until(self, predicate):
+        """Wait for the server's patches to make ``predicate()`` true (or raise Stuck)."""
+        deadline = time.perf_counter() + self.stuck_s
+        while True:
+            out = predicate()
+            if out:
+                return out
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                raise Stuck
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+    def find(self, css: str, kind=None):
+        for model in self.doc.models:
+            if css in (getattr(model, "css_classes", None) or []) and (
+                    kind is None or isinstance(model, kind)):
+                return model
+        return None
+
+    def text(self, css: str) -> str:
+        import html
+
+        model = self.find(css)
+        return html.unescape(getattr(model, "text", "") or "") if model is not None else ""
+
+    def page(self) -> tuple[int, int] | None:
+        m = PAGE.search(self.text("fkd-grid-header"))
+        return (int(m.group(1)), int(m.group(2))) if m else None
+
+    def grid_parts(self):
+        """(the tap target's selection, the captions' source) of the face grid."""
+        from bokeh.models import HTMLLabelSet, Quad
+
+        fig = self.find("fkd-grid-faces")
+        if fig is None:
+            return None, None
+        quad = next((r for r in fig.renderers if isinstance(getattr(r, "glyph", None), Quad)),
+                    None)
+        labels = next((m for m in fig.center if isinstance(m, HTMLLabelSet)), None)
+        return (quad.data_source.selected if quad else None,
+                labels.source if labels else None)
+
+    def click(self, css: str) -> None:
+        from bokeh.events import ButtonClick
+        from bokeh.models import Button
+
+        button = self.find(css)
+        if not isinstance(button, Button):
+            button = next((m for m in button.select({"type": Button})), None) if button else None
+        if button is None:
+            raise Stuck(f"no button {css}")
+        self.doc.callbacks.send_event(ButtonClick(button))
+
+    async def act(self, name: str, fn):
+        t0 = time.perf_counter()
+        try:
+            out = await fn()
+        except Stuck as exc:
+            self.tally.stuck.append(f"{self.label}: {name} after "
+                                    f"{time.perf_counter() - t0:.1f} s {exc}".rstrip())
+            raise
+        self.tally.times[name].append(1000 * (time.perf_counter() - t0))
+        return out
+
+    async def cycle(self, first: bool, pause) -> None:
+        """Faces → 10× next → detail → Augment, pausing between actions."""
+        from bokeh.models import Tabs
+
+        tabs = self.find("fkd-tabs", Tabs)
+        names = [getattr(t, "title", "") for t in tabs.tabs]
+        start = self.page()
+
+        async def faces():
+            tabs.active = names.index("Faces")
+            await self.flush()
+            return await self.until(self.page)
+
+        shown = await (self.act("Faces", faces) if first else faces())
+        if first and shown[0] != 1:
+            self.tally.cross.append(f"{self.label}: Faces tab shows page {shown[0]}, not 1")
+        if start is not None and not first and shown[0] != start[0]:
+            self.tally.cross.append(f"{self.label}: page {shown[0]} shown, {start[0]} left")
+        current, pages = shown
+        for _ in range(NEXTS):
+            await pause()
+            want = current + 1 if current < pages else current
+
+            async def step(current=current):
+                self.click("fkd-next")
+                await self.flush()
+                return await self.until(lambda: (p := self.page()) and p[0] != current and p)
+
+            if want == current:  # the last page: go back to the first one instead
+                page_input = self.find("fkd-page")
+                page_input.value = 1
+                await self.flush()
+                current = (await self.until(lambda: (p := self.page()) and p[0] == 1 and p))[0]
+                continue
+            shown = await self.act("next", step)
+            if shown[0] != want:
+                self.tally.cross.append(f"{self.label}: 'next' from page {current} shows "
+                                        f"page {shown[0]}, not {want}")
+            current = shown[0]
+        await pause()
+        selected, captions = self.grid_parts()
+        m = CAPTION_ROW.match(captions.data["text"][0]) if captions else None
+        row = int(m.group(1)) if m else None
+
+        def detail_shown():
+            modal = self.find("fkd-detail")
+            m = ROW.search(self.text("fkd-detail-title"))
+            return m if m and (row is None or int(m.group(1)) == row) and (
+                modal is None or modal.open) else None
+
+        async def detail():
+            await self.until(lambda: not selected.indices)  # the server clears each tap
+            selected.indices = [0]
+            await self.flush()
+            return await self.until(detail_shown)
+
+        try:
+            seen = await self.act("detail", detail)
+        except Stuck:
+            other = ROW.search(self.text("fkd-detail-title"))
+            if other is None or row is None or int(other.group(1)) == row:
+                raise
+            self.tally.stuck.pop()  # not stuck: it shows another face
+            self.tally.cross.append(f"{self.label}: detail of row {row} shows row "
+                                    f"{other.group(1)}")
+            seen = other
+        row = int(seen.group(1))
+        await pause()
+
+        async def augment():
+            self.click("fkd-open-augment")
+            await self.flush()
+            return await self.until(
+                lambda: (m := ROW.search(self.text("fkd-aug-header"))) and int(m.group(1)) == row
+                and m)
+
+        try:
+            await self.act("Augment", augment)
+        except Stuck:
+            other = ROW.search(self.text("fkd-aug-header"))
+            if other is None or int(other.group(1)) == row:
+                raise
+            self.tally.stuck.pop()  # not stuck: it shows another face
+            self.tally.cross.append(f"{self.label}: Augment opened for row {row} shows row "
+                                    f"{other.group(1)}")
+
+    async def close(self) -> None:
+        self.closed = True
+        if self.reader is not None:
+            self.reader.cancel()
+        if self.socket is not None:
+            self.socket._socket.close()
+
+
+def protocol_clients(url: str, n: int, interval: float, stuck_s: float, deadline: float,
+                     ready, stop, out: str) -> None:
+    """Process entry point: n protocol sessions until ``stop`` is set; results to ``out``."""
+    import logging
+
+    import panel  # noqa: F401  registers Panel's Bokeh models, so patches can be applied
+    import panel.models.modal  # noqa: F401
+    import panel.models.tabulator  # noqa: F401
+
+    logging.getLogger("bokeh").setLevel(logging.CRITICAL)
+    tally = Tally()
+    rounds = [0]
+
+    async def one(i: int) -> None:
+        s = ProtocolSession(url, f"protocol {i + 1}", tally, stuck_s)
+        rng = random.Random(i)
+
+        async def pause():
+            await asyncio.sleep(interval * rng.uniform(0.5, 1.5))
+            if stop.is_set() or time.time() > deadline:
+                raise Stop
+
+        try:
+            await asyncio.sleep(i * 0.2)  # arrivals spread over a few seconds
+            await s.act("open", s.open)
+            with ready.get_lock():
+                ready.value += 1
+            first = True
+            while not stop.is_set() and time.time() < deadline:
+                await s.cycle(first, pause)
+                first = False
+                rounds[0] += 1
+            tally.sessions_done += 1
+        except Stop:
+            tally.sessions_done += 1
+        except Stuck:
+            pass
+        except Exception as exc:
+            tally.failures.append(f"protocol {i + 1}: {type(exc).__name__}: {exc}"[:300])
+        finally:
+            await s.close()
+
+    async def main():
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    asyncio.run(main())
+    summary = tally.summary()
+    summary["cycles"] = rounds[0]
+    Path(out).write_text(json.dumps(summary))
+
+
+# -- one (mode, N) run -----------------------------------------------------------------------
+
+async def run_one(mode: str, n: int, args, data: Path, models: Path, deadline: float) -> dict:
+    from playwright.async_api import async_playwright
+
+    from app import screenshots as ui
+    from app.serve import Server
+
+    log = args.work / f"server-{mode}-{n}.log"
+    server = Server(data, models, log=log, timeout=300)
+    url = server.start() + "app"
+    result = {"mode": mode, "sessions": n, "server_start_s": round(server.started_in, 2)}
+    peak = [0.0]
+    sampler = asyncio.ensure_future(sample_rss(server.proc.pid, peak))
+    t_run = time.perf_counter()
+    proc = None
+    try:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=ui.CHROMIUM, headless=True,
+                                              args=ui.BROWSER_ARGS + BROWSER_EXTRA)
+            warm = Tally()
+            await BrowserSession(browser, url, warm, "warm-up", 300).run()
+            result["cold"] = warm.summary()
+            tally = Tally()
+            budget = max(10.0, min(args.run_seconds, deadline - time.time()))
+            if mode == "a":
+                sessions = [BrowserSession(browser, url, tally, f"browser {i + 1}",
+                                           args.stuck_seconds) for i in range(n)]
+                done, pending = await asyncio.wait(
+                    [asyncio.ensure_future(s.run()) for s in sessions], timeout=budget)
+                for task in pending:
+                    task.cancel()
+                result["timed_out"] = bool(pending)
+            else:
+                ctx = mp.get_context("spawn")
+                ready, stop = ctx.Value("i", 0), ctx.Event()
+                out = args.work / f"protocol-{n}.json"
+                out.unlink(missing_ok=True)
+                if n > 1:
+                    proc = ctx.Process(target=protocol_clients, daemon=True, args=(
+                        url, n - 1, args.interval, args.stuck_seconds,
+                        time.time() + budget, ready, stop, str(out)))
+                    proc.start()
+                    t0 = time.perf_counter()
+                    while ready.value < n - 1 and proc.is_alive() and \
+                            time.perf_counter() - t0 < min(300.0, budget / 2):
+                        await asyncio.sleep(0.5)
+                    result["protocol_sessions_open"] = ready.value
+                    result["protocol_open_wait_s"] = round(time.perf_counter() - t0, 1)
+                    await asyncio.sleep(2 * args.interval)  # they are paging meanwhile
+                left = budget - (time.perf_counter() - t_run)
+                try:
+                    for r in range(args.repeat):
+                        await asyncio.wait_for(
+                            BrowserSession(browser, url, tally, f"measured {r + 1}",
+                                           args.stuck_seconds).run(), max(1.0, left))
+                        left = budget - (time.perf_counter() - t_run)
+                    result["timed_out"] = False
+                except asyncio.TimeoutError:
+                    result["timed_out"] = True
+                if proc is not None:
+                    stop.set()
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, proc.join, args.stuck_seconds + 30)
+                    if proc.is_alive():
+                        proc.terminate()
+                    result["protocol"] = (json.loads(out.read_text()) if out.is_file() else
+                                          {"driver_failures": ["the protocol process wrote "
+                                                               "no results"]})
+            await browser.close()
+        result.update(tally.summary())
+    finally:
+        if proc is not None and proc.is_alive():
+            proc.terminate()
+        await asyncio.sleep(1.0)
+        result["rss_end_mb"] = round(rss_mb(server.proc.pid))
+        sampler.cancel()
+        result["rss_peak_mb"] = round(max(peak[0], result["rss_end_mb"]))
+        result["wall_s"] = round(time.perf_counter() - t_run, 1)
+        server.stop()
+        result["server_errors"] = log_errors(log)
+        result["server_log"] = str(log)
+    return result
+
+
+# -- report ----------------------------------------------------------------------------------
+
+def fmt_ms(v) -> str:
+    return "–" if v is None else (f"{v / 1000:.2f} s" if v >= 1000 else f"{v:.0f} ms")
+
+
+def print_run(r: dict) -> None:
+    print(f"\nmode {r['mode']}, N = {r['sessions']}: {r['wall_s']} s, server RSS peak "
+          f"{r['rss_peak_mb']} MB, at the end {r['rss_end_mb']} MB"
+          + (" — TIMED OUT" if r.get("timed_out") else ""))
+    who = "all sessions" if r["mode"] == "a" else "the measured browser session"
+    print(f"  {'action (' + who + ')':<44} {'n':>4} {'p50':>9} {'p95':>9} {'max':>9}")
+    for a, s in r["actions"].items():
+        print(f"  {a:<44} {s['n']:>4} {fmt_ms(s.get('p50')):>9} {fmt_ms(s.get('p95')):>9} "
+              f"{fmt_ms(s.get('max')):>9}")
+    if "protocol" in r:
+        pr = r["protocol"]
+        print(f"  protocol sessions ({r['sessions'] - 1}; {pr.get('cycles', 0)} cycles):")
+        for a, s in pr.get("actions", {}).items():
+            print(f"    {a:<42} {s['n']:>4} {fmt_ms(s.get('p50')):>9} "
+                  f"{fmt_ms(s.get('p95')):>9} {fmt_ms(s.get('max')):>9}")
+    proto = r.get("protocol", {})
+    for name, items in (("server errors", r["server_errors"]),
+                        ("console errors", r["console_errors"]),
+                        ("stuck views", r["stuck"] + proto.get("stuck", [])),
+                        ("cross-session effects", r["cross_session"] + proto.get(
+                            "cross_session", [])),
+                        ("driver failures", r["driver_failures"] + proto.get(
+                            "driver_failures", []))):
+        print(f"  {name}: {len(items)}")
+        for line in items[:8]:
+            print(f"    {line[:240]}")
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")), 0)
+    return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gib": round(mem / 2**20, 1),
+            "python": platform.python_version(), "load_avg": os.getloadavg()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sessions", type=int, nargs="+", default=[1, 5, 20, 40])
+    ap.add_argument("--mode", nargs="+", choices=["a", "b"], default=["a", "b"])
+    ap.add_argument("--data", type=Path, help="data folder (default: a demo set under --work)")
+    ap.add_argument("--models", type=Path, help="runs folder (default: 3 cheap runs in --work)")
+    ap.add_argument("--train", type=int, default=7049)
+    ap.add_argument("--test", type=int, default=1783)
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "load")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "load.json")
+    ap.add_argument("--repeat", type=int, default=3, help="measured sequences in mode b")
+    ap.add_argument("--interval", type=float, default=1.0,
+                    help="mean seconds between a protocol session's actions (mode b)")
+    ap.add_argument("--stuck-seconds", type=float, default=60.0)
+    ap.add_argument("--run-seconds", type=float, default=900.0, help="limit per (mode, N)")
+    ap.add_argument("--max-seconds", type=float, default=5400.0, help="limit for everything")
+    args = ap.parse_args()
+    deadline = time.time() + args.max_seconds
+    args.work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("FKD_CACHE_DIR", str(args.work / "cache"))
+    if args.data is None or args.models is None:
+        data, models = prepare(args.work, args.train, args.test)
+        data, models = args.data or data, args.models or models
+    else:
+        data, models = args.data, args.models
+    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "machine": machine(), "data": str(data), "models": str(models),
+              "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": []}
+    for mode in args.mode:
+        for n in args.sessions:
+            if time.time() > deadline - 30:
+                print(f"\nmode {mode}, N = {n}: skipped, --max-seconds reached")
+                report["runs"].append({"mode": mode, "sessions": n, "skipped": "deadline"})
+                continue
+            print(f"\n… mode {mode}, N = {n}", flush=True)
+            r = asyncio.run(run_one(mode, n, args, data, models, deadline))
+            report["runs"].append(r)
+            print_run(r)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=1))
+    print(f"\nresults: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
