@@ -8,7 +8,6 @@ top-k, normalising and tiling — is :mod:`fkd_core.activations`'.
 
 from __future__ import annotations
 
-import html
 import threading
 import time
 
@@ -21,6 +20,7 @@ from bokeh.plotting import figure
 
 from app.faces import face_figure
 from app.state import Store, Unavailable
+from app.untrusted import Message, html_text
 from fkd_core.keypoints import IMAGE_SIZE
 
 TOP_K = ("all", 4, 8, 16, 32, 64)
@@ -60,8 +60,7 @@ class ActivationsView(pn.viewable.Viewer):
         train = store.train
         if train is not None and len(train):
             self.row = int(train.row_ids[0])
-        self._message = pn.pane.Alert("", alert_type="info", visible=False,
-                                      css_classes=["fkd-act-message"])
+        self._message = Message("fkd-act-message")
         self._summary = pn.pane.HTML("", css_classes=["fkd-act-summary"], margin=(0, 10))
         self._face = ColumnDataSource({"image": [], "x": [], "y": [], "dw": [], "dh": []})
         self._maps = ColumnDataSource({"image": [], "x": [], "y": [], "dw": [], "dh": []})
@@ -97,7 +96,7 @@ class ActivationsView(pn.viewable.Viewer):
                 w.Select.from_param(self.param.top_k, label="Channels", width=90,
                                     css_classes=["fkd-act-top-k"]),
             ),
-            self._message, self._content, sizing_mode="stretch_width",
+            self._message.pane, self._content, sizing_mode="stretch_width",
         )
 
     # -- figures ------------------------------------------------------------------------
@@ -144,9 +143,7 @@ class ActivationsView(pn.viewable.Viewer):
         self._run_changed()
 
     def _say(self, text: str, kind: str = "info") -> None:
-        self._message.object = html.escape(text)
-        self._message.alert_type = kind
-        self._message.visible = bool(text)
+        self._message.say(text, kind)
 
     @param.depends("run", watch=True)
     def _run_changed(self) -> None:
@@ -256,7 +253,7 @@ class ActivationsView(pn.viewable.Viewer):
         names = list(self.param.layer.names.values())
         index = names.index(self.layer) + 1 if self.layer in names else 0
         self._summary.object = (
-            f"<p>convolution layer {index} of {len(names)}: <b>{html.escape(self.layer)}</b>"
+            f"<p>convolution layer {index} of {len(names)}: <b>{html_text(self.layer)}</b>"
             f" · output {h}×{w}×{c} · <b>{n} tiles</b> ({which}) · training.csv row "
             f"{self.row} · computed in {self.last_ms:.0f} ms</p>")
         self._say("")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import html
 import threading
 import time
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from bokeh.models import ColumnDataSource, HoverTool, LabelSet
 
 from app.faces import COLOURS, NAMES, FaceCanvas
 from app.state import Store, Unavailable
+from app.untrusted import Message, html_text
 from fkd_core.keypoints import KEYPOINT_NAMES, N_KEYPOINTS, as_points, side
 
 SAMPLE_COUNTS = (4, 8, 12, 16, 24)
@@ -137,8 +137,7 @@ class AugmentView(pn.viewable.Viewer):
         if train is not None and len(train):
             complete = np.flatnonzero(train.complete)
             self.row = int(train.row_ids[complete[0] if len(complete) else 0])
-        self._message = pn.pane.Alert("", alert_type="info", visible=False,
-                                      css_classes=["fkd-aug-message"])
+        self._message = Message("fkd-aug-message")
         self._body = pn.Column()
         self._layout = pn.Column(
             pn.pane.Markdown(
@@ -146,7 +145,7 @@ class AugmentView(pn.viewable.Viewer):
                 "(`fkd_core.augment`, the `fkd train --aug KEY=VALUE` settings) applied to one "
                 "face. Keypoints pushed out of the frame are dropped, as in training.",
                 margin=(0, 10)),
-            self._message, self._body, sizing_mode="stretch_width")
+            self._message.pane, self._body, sizing_mode="stretch_width")
 
     # -- start-up -----------------------------------------------------------------------
 
@@ -326,9 +325,7 @@ class AugmentView(pn.viewable.Viewer):
         self.apply_settings(values)
 
     def _say(self, text: str, kind: str = "info") -> None:
-        self._message.object = html.escape(text)
-        self._message.alert_type = kind
-        self._message.visible = bool(text)
+        self._message.say(text, kind)
 
     # -- drawing ------------------------------------------------------------------------
 
@@ -385,7 +382,7 @@ class AugmentView(pn.viewable.Viewer):
             + (f" · labels moved {-offset:+.2f} px in x to pixel indices, as training does"
                if offset else ""))
         self._table.object = _samples_table(kps)
-        self._cli.object = f"<p>Same as <code>{html.escape(cli_flags(config.to_dict()))}</code></p>"
+        self._cli.object = f"<p>Same as <code>{html_text(cli_flags(config.to_dict()))}</code></p>"
         flipped_image, flipped_kp = flip_pair(image, keypoints)
         self._show_flip(image, keypoints, flipped_image, flipped_kp)
 

@@ -4,8 +4,6 @@ the first time their tab is shown."""
 
 from __future__ import annotations
 
-import html
-
 import panel as pn
 
 from app.activations_view import ActivationsView
@@ -15,6 +13,7 @@ from app.flip_audit_view import FlipAuditView
 from app.grid import FaceGrid
 from app.leaderboard import Leaderboard
 from app.state import Store
+from app.untrusted import html_text, markdown_text
 
 TABS = ("Leaderboard", "Faces", "Data", "Augment", "Flip audit", "Activations")
 
@@ -39,16 +38,16 @@ class Dashboard(pn.viewable.Viewer):
         )
         self.tabs.param.watch(self._tab_shown, "active")
         banner = pn.pane.Alert(
-            f"<b>Could not load the data</b> — {html.escape(store.data_error or '')}. "
+            f"<b>Could not load the data</b> — {markdown_text(store.data_error or '')}. "
             "The leaderboard still works; restart with a valid <code>--data PATH</code>.",
             alert_type="danger", visible=store.data_error is not None,
             css_classes=["fkd-data-error"],
         )
-        where = html.escape(store.data_path or "?")
+        where = html_text(store.data_path or "?")
         header = pn.pane.HTML(
             f"<h2 style='margin:4px 0'>fkd — facial keypoints dashboard</h2>"
             f"<div style='color:#555'>data: <code>{where}</code> · runs: "
-            f"<code>{html.escape(str(store.models_dir))}</code></div>",
+            f"<code>{html_text(store.models_dir)}</code></div>",
             margin=(5, 10),
         )
         self._layout = pn.Column(header, banner, self.tabs, sizing_mode="stretch_width")

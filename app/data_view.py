@@ -7,8 +7,6 @@ here as two offset clouds on the 96 × 96 frame.
 
 from __future__ import annotations
 
-import html
-
 import numpy as np
 import panel as pn
 import param
@@ -17,6 +15,7 @@ from bokeh.plotting import figure
 
 from app.faces import grey_mapper
 from app.state import Store
+from app.untrusted import html_text, markdown_text
 from fkd_core.keypoints import IMAGE_SIZE, KEYPOINT_NAMES
 
 GROUPS = ("complete rows", "four-keypoint rows", "other rows")
@@ -50,7 +49,7 @@ class DataView(pn.viewable.Viewer):
         if store.data is None or train is None or len(train) == 0:
             reason = store.data_error or "this data has no training.csv"
             self._layout = pn.Column(
-                pn.pane.Alert(f"No training data to show: {html.escape(reason)}",
+                pn.pane.Alert(f"No training data to show: {markdown_text(reason)}",
                               alert_type="danger", css_classes=["fkd-data-error"]))
             return
         self._labelled = train.labelled
@@ -77,7 +76,7 @@ class DataView(pn.viewable.Viewer):
         data, train = self.store.data, self.store.train
         test = self.store.test
         return (
-            f"<p><b>{html.escape(self.store.data_path)}</b> · {len(train)} training rows, "
+            f"<p><b>{html_text(self.store.data_path)}</b> · {len(train)} training rows, "
             f"{int(train.complete.sum())} label all 15 keypoints, "
             f"{int(train.four_point.sum())} only the four always-present ones"
             + (f" · {len(test)} test faces" if test is not None else "")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import html
-
 import numpy as np
 import panel as pn
 import param
 from bokeh.models import ColumnDataSource, HoverTool
 
 from app.faces import COLOURS, NAMES, face_figure
+from app.untrusted import html_text
 from fkd_core.keypoints import IMAGE_SIZE, KEYPOINT_NAMES, N_KEYPOINTS
 
 SCALE = 4
@@ -70,12 +69,12 @@ class FaceDetail(pn.viewable.Viewer):
                 errors.append(np.sqrt(((pp - tp) ** 2).sum(axis=1)))
         self._points.data = pts
         self._segments.data = seg
-        self._heading.object = f"<h3>{html.escape(heading)}</h3>"
+        self._heading.object = f"<h3>{html_text(heading)}</h3>"
         self._table.object = _table(tp, runs, errors)
         shapes = ["filled circle", "filled triangle"]
         self._legend.object = (
             ("hollow circle: true position · " if tp is not None else "")
-            + " · ".join(f"{s}: {html.escape(r)}" for s, (r, _) in zip(shapes, runs))
+            + " · ".join(f"{s}: {html_text(r)}" for s, (r, _) in zip(shapes, runs))
             + " · subject's left warm, right cool"
         )
 
@@ -111,7 +110,7 @@ def _table(truth, runs, errors) -> str:
     """15 rows: keypoint, true x/y, then per run predicted x/y and error (px)."""
     head = "<th>keypoint</th>" + ("<th>true x, y</th>" if truth is not None else "")
     for run_id, _ in runs:
-        name = html.escape(run_id)
+        name = html_text(run_id)
         head += f"<th>{name}<br>x, y</th>"
         if truth is not None:
             head += f"<th>{name}<br>error px</th>"

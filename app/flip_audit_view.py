@@ -8,7 +8,6 @@ the quickest way to find them in a new data set. The maths is
 
 from __future__ import annotations
 
-import html
 import threading
 from collections.abc import Callable
 
@@ -19,6 +18,7 @@ import param
 from app.detail import FaceDetail
 from app.faces import FaceCanvas
 from app.state import Store, Unavailable
+from app.untrusted import Message, html_text
 from fkd_core.keypoints import flip_images
 
 PAGE_SIZE = 12
@@ -59,8 +59,7 @@ class FlipAuditView(pn.viewable.Viewer):
         self._open = w.Button(label="open in augmentation QA", width=200,
                               css_classes=["fkd-audit-open"])
         self._open.on_click(lambda _: self._open_in_augment())
-        self._message = pn.pane.Alert("", alert_type="info", visible=False,
-                                      css_classes=["fkd-audit-message"])
+        self._message = Message("fkd-audit-message")
         self._summary = pn.pane.HTML("", css_classes=["fkd-audit-summary"], margin=(0, 10))
         self._header = pn.pane.HTML("", css_classes=["fkd-audit-header"], margin=(0, 10))
         self._rows_table = pn.pane.HTML("", css_classes=["fkd-audit-table"], margin=(0, 10))
@@ -81,7 +80,7 @@ class FlipAuditView(pn.viewable.Viewer):
                    self._start,
                    w.Checkbox.from_param(self.param.likely_swaps_only,
                                          label="likely swaps only", align="end")),
-            self._message, self._results, self._detail_box, sizing_mode="stretch_width",
+            self._message.pane, self._results, self._detail_box, sizing_mode="stretch_width",
         )
         ids = [r.id for r in store.ok_runs()]
         self.param.run.objects = ids
@@ -91,9 +90,7 @@ class FlipAuditView(pn.viewable.Viewer):
             self._start.disabled = True
 
     def _say(self, text: str, kind: str = "info") -> None:
-        self._message.object = html.escape(text)
-        self._message.alert_type = kind
-        self._message.visible = bool(text)
+        self._message.say(text, kind)
 
     # -- computing ----------------------------------------------------------------------
 
@@ -155,7 +152,7 @@ class FlipAuditView(pn.viewable.Viewer):
         self._table = table
         swaps = int(self._full.likely_swap.sum())
         self._summary.object = (
-            f"<p>Run <b>{html.escape(self.run)}</b> on {len(self._full)} complete rows "
+            f"<p>Run <b>{html_text(self.run)}</b> on {len(self._full)} complete rows "
             f"mirrored · median flip RMSE {np.nanmedian(self._full.flip_rmse):.2f} px · "
             f"<b>{swaps} likely left/right swap{'s' if swaps != 1 else ''}</b></p>")
         self.param.page.bounds = (1, max(1, -(-len(table) // PAGE_SIZE)))

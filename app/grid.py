@@ -7,7 +7,6 @@ keeps paging instant on Kaggle-size data.
 
 from __future__ import annotations
 
-import html
 import threading
 from contextlib import contextmanager
 
@@ -18,6 +17,7 @@ import param
 from app.detail import FaceDetail
 from app.faces import FaceCanvas
 from app.state import Store, Unavailable
+from app.untrusted import Message, html_text
 from fkd_core import metrics
 from fkd_core.keypoints import KEYPOINT_NAMES
 
@@ -64,8 +64,7 @@ class FaceGrid(pn.viewable.Viewer):
         self._to_augment.on_click(self._open_row_elsewhere)
         self._modal = pn.Modal(pn.Column(self._to_augment, self.detail), open=False,
                                show_close_button=True, css_classes=["fkd-detail"])
-        self._message = pn.pane.Alert("", alert_type="info", visible=False,
-                                      css_classes=["fkd-grid-message"])
+        self._message = Message("fkd-grid-message")
         self._header = pn.pane.HTML("", css_classes=["fkd-grid-header"], margin=(0, 10))
         self._legend = pn.pane.HTML("", margin=(0, 10), styles={"font-size": "12px"})
         w = pn.widgets
@@ -97,7 +96,8 @@ class FaceGrid(pn.viewable.Viewer):
         )
         self._faces = pn.pane.Bokeh(self.canvas.figure)
         self._layout = pn.Column(
-            self._controls, self._message, self._pager, self._legend, self._faces, self._modal,
+            self._controls, self._message.pane, self._pager, self._legend, self._faces,
+            self._modal,
         )
         self.refresh_runs()
 
@@ -159,9 +159,7 @@ class FaceGrid(pn.viewable.Viewer):
         self._recompute()
 
     def _say(self, text: str, kind: str = "info") -> None:
-        self._message.object = html.escape(text)
-        self._message.alert_type = kind
-        self._message.visible = bool(text)
+        self._message.say(text, kind)
 
     # -- order --------------------------------------------------------------------------
 
@@ -333,7 +331,8 @@ class FaceGrid(pn.viewable.Viewer):
         text = "hollow circles: true keypoints · filled: predicted · line: truth → prediction" \
             " · subject's left in warm colours, right in cool · click a face for detail"
         if len(runs) > 1:
-            text = f"each pair: left <b>{runs[0]}</b>, right <b>{runs[1]}</b> · " + text
+            left, right = (html_text(r) for r in runs[:2])
+            text = f"each pair: left <b>{left}</b>, right <b>{right}</b> · " + text
         return text
 
     # -- detail -------------------------------------------------------------------------

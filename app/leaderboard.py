@@ -6,7 +6,6 @@ face grid on that run, worst faces for that keypoint first.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable
 
 import numpy as np
@@ -26,6 +25,7 @@ from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
 from app.state import Store
+from app.untrusted import html_text, markdown_text
 from fkd_core.keypoints import KEYPOINT_NAMES
 
 METRICS = {"plain": "per_keypoint", "flip-TTA": "per_keypoint_tta"}
@@ -86,7 +86,8 @@ class Leaderboard(pn.viewable.Viewer):
         self._table = pn.widgets.Tabulator(
             pd.DataFrame(), disabled=True, show_index=False, sortable=True, layout="fit_data",
             css_classes=["fkd-leaderboard"], selectable=False,
-            formatters={
+            formatters={  # text from config.json: Tabulator's escaping formatter
+                **{c: {"type": "plaintext"} for c in ("run", "kind", "arch", "head")},
                 "val RMSE": {"type": "money", "precision": 3, "symbol": ""},
                 "flip-TTA RMSE": {"type": "money", "precision": 3, "symbol": ""},
                 "params": {"type": "money", "precision": 0, "thousand": ",", "symbol": ""},
@@ -96,7 +97,7 @@ class Leaderboard(pn.viewable.Viewer):
         self._mapper = LinearColorMapper(palette=Viridis256, nan_color="#dddddd")
         self._figure = self._heatmap()
         self._source.selected.on_change("indices", self._on_tap)
-        self._empty = pn.pane.Markdown("", visible=False, css_classes=["fkd-no-runs"])
+        self._empty = pn.pane.HTML("", visible=False, css_classes=["fkd-no-runs"])
         self._broken = pn.pane.Alert("", alert_type="warning", visible=False,
                                      css_classes=["fkd-broken-runs"])
         self._heatmap_box = pn.Column(
@@ -143,13 +144,13 @@ class Leaderboard(pn.viewable.Viewer):
         self._runs = self.store.ok_runs()
         broken = [r for r in found if not r.ok]
         self._broken.object = "**Broken run folders** (left out):\n\n" + "\n".join(
-            f"- {html.escape(r.id)}: {html.escape(r.error or '')}" for r in broken)
+            f"- {markdown_text(r.id)}: {markdown_text(r.error or '')}" for r in broken)
         self._broken.visible = bool(broken)
         if not self._runs:
             self._empty.object = (
-                f"## No trained runs yet\nThere are no finished runs in `{self.store.models_dir}`."
-                f" Make one with:\n\n```bash\n{self.store.train_command()}\n```\n\n"
-                "then reload this page."
+                "<h2>No trained runs yet</h2><p>There are no finished runs in "
+                f"<code>{html_text(self.store.models_dir)}</code>. Make one with:</p>"
+                f"<pre>{html_text(self.store.train_command())}</pre><p>then reload this page.</p>"
             )
         self._empty.visible = not self._runs
         self._table.value = leaderboard_frame(self._runs)

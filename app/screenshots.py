@@ -1,4 +1,5 @@
-"""Driving the dashboard in headless Chromium: the browser tests' helpers and the README shots.
+"""Driving the dashboard in headless Chromium for the README shots (the browser tests use the
+same helpers; their own live in ``tests/browser_harness.py``).
 
 ``python -m app.screenshots OUTDIR [--data PATH] [--models DIR]`` starts the server, opens
 each view and writes ``leaderboard.png``, ``grid.png``, ``detail.png``, ``data.png``,
@@ -30,11 +31,13 @@ def launch(playwright):
 
 
 def open_page(browser, url: str):
-    """A page on ``url`` and the list its console errors and uncaught exceptions go to."""
+    """A page on ``url`` and the list its console errors, uncaught exceptions and dialogs
+    (alert, confirm: never wanted, and the sign of injected script) go to."""
     page = browser.new_page(viewport=VIEWPORT)
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    page.on("dialog", lambda d: (errors.append(f"dialog: {d.message}"), d.dismiss()))
     page.goto(url)
     page.locator(".bk-tab", has_text="Leaderboard").wait_for(timeout=TIMEOUT_MS)
     return page, errors
@@ -57,11 +60,6 @@ def wait_for_faces(page, timeout: float = TIMEOUT_MS) -> list[str]:
 
 def captions(page) -> list[str]:
     return caption_locator(page).all_inner_texts()
-
-
-def choose(page, css_class: str, label: str) -> None:
-    """Pick an option of one of the page's Select widgets (found by its CSS class)."""
-    page.locator(f".{css_class} select").select_option(label=label)
 
 
 def click_face(page, index: int = 0) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from app.state import Settings, Store, Unavailable, train_command
 from fkd_core import metrics, runs
+from fkd_core.keypoints import KEYPOINT_NAMES
 from fkd_core.targets import normalise_keypoints
 
 
@@ -60,12 +61,14 @@ def _fake_run(models: Path, run_id: str, data, val_rows: np.ndarray, pred) -> ru
     }))
     truth = data.keypoints[val_rows]
     p = np.asarray(pred, np.float32)[val_rows]
-    (folder / "metrics.json").write_text(json.dumps({"val_rmse": metrics.rmse(p, truth)}))
+    per_keypoint = dict(zip(KEYPOINT_NAMES, metrics.per_keypoint_rmse(p, truth).tolist()))
+    (folder / "metrics.json").write_text(json.dumps({"val_rmse": metrics.rmse(p, truth),
+                                                     "per_keypoint": per_keypoint}))
     np.savez(folder / "val_predictions.npz", row_ids=data.row_ids[val_rows], pred=p,
              pred_tta=p, truth=truth)
     with zipfile.ZipFile(folder / "model.keras", "w") as zf:  # passes the registry's check
-        zf.writestr("config.json", "{}")
-        zf.writestr("model.weights.h5", b"not loaded")
+        zf.writestr("config.json", json.dumps({"class_name": "Functional", "config": {}}))
+        zf.writestr("model.weights.h5", b"\x89HDF\r\n\x1a\n never loaded")
     return runs.Run(folder, json.loads((folder / "config.json").read_text()),
                     json.loads((folder / "metrics.json").read_text()))
 
