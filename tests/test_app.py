@@ -26,11 +26,9 @@ from fkd_core import metrics
 from fkd_core.keypoints import KEYPOINT_NAMES
 
 pytestmark = pytest.mark.slow
-if not Path(ui.CHROMIUM).exists() and not os.environ.get("CI"):
-    pytest.skip(f"no Chromium at {ui.CHROMIUM} (apt-get install chromium)",
-                allow_module_level=True)
 
 RUN = "tiny"
+OTHER = "tiny-seed1"  # the same recipe, another seed: other weights, other predictions
 browser = browser_harness.browser
 server = browser_harness.server
 session = browser_harness.session
@@ -41,27 +39,35 @@ session = browser_harness.session
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, demo_dir) -> Path:
-    """A tiny real run, a copy of it (to compare), a corrupt folder and an unloadable model."""
+    """Two tiny real runs (to compare), a corrupt folder and an unloadable model."""
     out = tmp_path_factory.mktemp("models")
-    subprocess.run(
-        [sys.executable, "-m", "fkd_core.cli", "train", "--data", str(demo_dir),
-         "--arch", "simple", "--head", "regression", "--epochs", "1", "--steps-per-epoch", "3",
-         "--models", str(out), "--run-id", RUN],
-        check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
-    )
-    shutil.copytree(out / RUN, out / f"{RUN}-copy")
+    for run_id, seed in ((RUN, 0), (OTHER, 1)):
+        subprocess.run(
+            [sys.executable, "-m", "fkd_core.cli", "train", "--data", str(demo_dir),
+             "--arch", "simple", "--head", "regression", "--epochs", "1", "--steps-per-epoch",
+             "3", "--seed", str(seed), "--models", str(out), "--run-id", run_id],
+            check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
+        )
+    _set_val_rmse(out / OTHER, json.loads((out / RUN / "metrics.json").read_text())["val_rmse"]
+                  + 0.5)  # second on the leaderboard: RUN stays every view's default
     broken = out / "broken-model"
     shutil.copytree(out / RUN, broken)
     (broken / "model.keras").write_bytes(b"this is not a zip file")
     unloadable = out / "unloadable-weights"
     shutil.copytree(out / RUN, unloadable)
     with zipfile.ZipFile(unloadable / "model.keras", "w") as zf:
-        zf.writestr("config.json", json.dumps({"class_name": "NoSuchLayer", "config": {}}))
-        zf.writestr("model.weights.h5", b"garbage")
-    m = json.loads((unloadable / "metrics.json").read_text())
-    m["val_rmse"] = 999.0  # last on the leaderboard, so it is never the default run
-    (unloadable / "metrics.json").write_text(json.dumps(m))
+        # passes the registry's structural check, fails in Keras: a model with no layers
+        zf.writestr("config.json", json.dumps({"class_name": "Functional",
+                                               "config": {"layers": "nonsense"}}))
+        zf.writestr("model.weights.h5", b"\x89HDF\r\n\x1a\n garbage")
+    _set_val_rmse(unloadable, 130.0)  # last on the leaderboard, so never the default run
     return out
+
+
+def _set_val_rmse(run: Path, value: float) -> None:
+    m = json.loads((run / "metrics.json").read_text())
+    m["val_rmse"] = value
+    (run / "metrics.json").write_text(json.dumps(m))
 
 
 def _caption_values(captions: list[str]) -> tuple[list[int], list[float]]:
@@ -95,7 +101,7 @@ def test_leaderboard_lists_runs_heatmap_and_broken_folders(session):
     s = session
     table = s.page.locator(".fkd-leaderboard")
     table.get_by_text(RUN, exact=True).wait_for()
-    s.check(table.get_by_text(f"{RUN}-copy", exact=True).is_visible(), "second run listed")
+    s.check(table.get_by_text(OTHER, exact=True).is_visible(), "second run listed")
     expect_text(s, "broken-model")
     expect_text(s, "model.keras is not a valid Keras file")
     cells = s.page.evaluate("""() => {
@@ -161,7 +167,7 @@ def test_grid_pages_through_all_faces(session, demo_dir):
     ui.goto_tab(s.page, "Faces")
     ui.wait_for_faces(s.page)
     first = ui.captions(s.page)
-    ui.choose(s.page, "fkd-subset", "all")
+    browser_harness.choose(s.page, "fkd-subset", "all")
     page1 = _wait_for_new_captions(s, first)
     s.check(len(page1) == 24, f"a full page of 24 faces, got {len(page1)}")
     expect_text(s, "page 1 of 5")
@@ -172,7 +178,7 @@ def test_grid_pages_through_all_faces(session, demo_dir):
     s.check(not set(_caption_values(page1)[0]) & set(_caption_values(page2)[0]),
             "page 2 shows other faces")
     expect_text(s, "page 2 of 5")
-    ui.choose(s.page, "fkd-sort", "row order")
+    browser_harness.choose(s.page, "fkd-sort", "row order")
     rows, _ = _caption_values(_wait_for_new_captions(s, page2))
     s.check(rows == list(range(24)), f"row order starts at row 0: {rows}")
     s.check_console()
@@ -208,18 +214,36 @@ def test_detail_opens_the_face_in_augmentation_qa(session):
     s.check_console()
 
 
-def test_compare_runs_and_test_faces(session):
+def _whole_data_predictions(models: Path, run_id: str) -> np.ndarray:
+    """The training-set predictions the server computed and cached in the run folder."""
+    (cached,) = (models / run_id).glob("predictions-*.npz")
+    with np.load(cached) as z:
+        return z["train"]
+
+
+def test_compare_runs_and_test_faces(session, models, demo_dir):
+    from fkd_core import dataset
+
     s = session
     ui.goto_tab(s.page, "Faces")
     single = ui.wait_for_faces(s.page)
-    ui.choose(s.page, "fkd-compare", f"{RUN}-copy")
-    expect_text(s, "each pair: left")
-    paired = ui.captions(s.page)
-    s.check(len(paired) == 2 * len(single), "each face shown for both runs")
-    s.check(paired[0::2] == paired[1::2], "a copy of a run predicts the same")
+    browser_harness.choose(s.page, "fkd-compare", OTHER)
+    expect_text(s, f"each pair: left {RUN}, right {OTHER}")
+    paired = _wait_for_new_captions(s, single)
     s.shot("compare")
-    ui.choose(s.page, "fkd-compare", "(none)")
-    ui.choose(s.page, "fkd-subset", "test")
+    s.check(len(paired) == 2 * len(single), "each face shown for both runs")
+    rows, values = _caption_values(paired)
+    s.check(rows[0::2] == rows[1::2], f"each pair is one face: {rows}")
+    s.check(paired[0::2] == single, "the left faces are the first run's, as before")
+    train = dataset.load(demo_dir, parts=("training",)).train
+    pos = [int(np.flatnonzero(train.row_ids == r)[0]) for r in rows[1::2]]
+    other = metrics.per_image_rmse(_whole_data_predictions(models, OTHER)[pos],
+                                   train.keypoints[pos])
+    np.testing.assert_allclose(values[1::2], other, atol=0.011,
+                               err_msg=f"the right faces show {OTHER}'s errors ({s.where()})")
+    s.check(values[0::2] != values[1::2], "two different runs, two different errors")
+    browser_harness.choose(s.page, "fkd-compare", "(none)")
+    browser_harness.choose(s.page, "fkd-subset", "test")
     expect_text(s, re.compile(r"^test image \d+$"))
     test_captions = ui.captions(s.page)
     s.check(len(test_captions) == 24, f"a page of test faces: {test_captions}")
@@ -231,12 +255,12 @@ def test_unloadable_model_shows_a_message_and_the_rest_works(session):
     s = session
     ui.goto_tab(s.page, "Faces")
     ui.wait_for_faces(s.page)
-    ui.choose(s.page, "fkd-run", "unloadable-weights")
+    browser_harness.choose(s.page, "fkd-run", "unloadable-weights")
     expect_text(s, "run unloadable-weights could not be loaded", timeout=60_000)
     s.shot("unloadable")
     s.check(not ui.captions(s.page), "no faces for a run that will not load")
     s.check("Traceback" not in s.page.content(), "no traceback in the page")
-    ui.choose(s.page, "fkd-run", RUN)
+    browser_harness.choose(s.page, "fkd-run", RUN)
     ui.wait_for_faces(s.page)
     s.check_console()
 
@@ -252,7 +276,7 @@ def test_data_view(session):
     s.check(s.page.locator(".fkd-counts canvas").first.is_visible(), "counts chart drawn")
     s.check(s.page.locator(".fkd-positions canvas").first.is_visible(), "positions drawn")
     expect_text(s, re.compile(r"^nose_tip — complete rows: \d+ labels"))
-    ui.choose(s.page, "fkd-data-keypoint", "left_eye_center")
+    browser_harness.choose(s.page, "fkd-data-keypoint", "left_eye_center")
     expect_text(s, re.compile(r"^left_eye_center — complete rows"))
     s.shot("data")
     s.check_console()

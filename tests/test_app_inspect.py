@@ -51,8 +51,10 @@ def models(tmp_path_factory, demo_dir) -> Path:
     unloadable = out / "unloadable"
     shutil.copytree(out / RUN, unloadable)
     with zipfile.ZipFile(unloadable / "model.keras", "w") as zf:
-        zf.writestr("config.json", json.dumps({"class_name": "NoSuchLayer", "config": {}}))
-        zf.writestr("model.weights.h5", b"garbage")
+        # passes the registry's structural check, fails in Keras: a model with no layers
+        zf.writestr("config.json", json.dumps({"class_name": "Functional",
+                                               "config": {"layers": "nonsense"}}))
+        zf.writestr("model.weights.h5", b"\x89HDF\r\n\x1a\n garbage")
     m = json.loads((unloadable / "metrics.json").read_text())
     m["val_rmse"] = 130.0  # last in every run list, so never the default
     (unloadable / "metrics.json").write_text(json.dumps(m))
