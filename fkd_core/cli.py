@@ -463,22 +463,17 @@ def serve_cmd(
     show: bool = typer.Option(False, "--show", help="Open the page in a web browser."),
 ):
     """Serve the dashboard (the page `panel serve app/` serves) on this data and these runs."""
-    import subprocess
-
-    script = Path(__file__).resolve().parent.parent / "app" / "serve.py"
-    if not script.is_file():
-        fail(f"the dashboard lives in fkd's source tree; {script} is missing")
-    args = [sys.executable, str(script), "--models", str(models), "--port", str(port),
-            "--address", address]
+    # This process becomes the server (no child process), so a signal sent to it stops it.
+    try:
+        from app.serve import main as serve
+    except ImportError as exc:
+        fail(f"fkd's dashboard package `app` is not installed ({exc}); reinstall fkd")
+    args = ["--models", str(models), "--port", str(port), "--address", address]
     if data is not None:
         args += ["--data", str(data)]
     if show:
         args.append("--show")
-    try:
-        code = subprocess.call(args)
-    except KeyboardInterrupt:
-        code = 130
-    raise typer.Exit(code)
+    raise typer.Exit(serve(args))
 
 
 @app.command("archs")
