@@ -34,7 +34,9 @@ def panel_args(data: str | os.PathLike | None = None, models: str | os.PathLike 
                port: int = 5006, address: str = "127.0.0.1", show: bool = False,
                allow_origin: list[str] | None = None) -> list[str]:
     """``panel``'s arguments: ``serve app/ ... --args ...`` (localhost unless told)."""
-    args = ["serve", str(APP_DIR), "--port", str(port), "--address", address]
+    # --warm: run the page once at start-up, so the data is loaded and TensorFlow warms up
+    # (app/main.py) before the first session, not during it
+    args = ["serve", str(APP_DIR), "--port", str(port), "--address", address, "--warm"]
     origins = list(allow_origin or [])
     if address not in LOOPBACK and not origins:
         origins = [f"{socket.gethostname()}:{port}", f"{address}:{port}"]
@@ -216,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="fkd serve", description=main.__doc__.split("\n")[0])
-    parser.add_argument("--data")
-    parser.add_argument("--models", default="models")
+    parser.add_argument("--data", help="default: $FKD_DATA, else the demo set")
+    parser.add_argument("--models", help="default: $FKD_MODELS, else models/")
     parser.add_argument("--port", type=int, default=5006)
     parser.add_argument("--address", default="127.0.0.1")
     parser.add_argument("--show", action="store_true", help="open the page in a browser")
@@ -235,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         _open_when_up(url, args.address, args.port)
     from panel.command import main as panel_main
 
-    sys.argv = ["panel", *panel_args(args.data, args.models, args.port, args.address,
+    from fkd_core import settings
+
+    data, models = settings.data_path(args.data), settings.models_dir(args.models)
+    sys.argv = ["panel", *panel_args(data, models, args.port, args.address,
                                      allow_origin=args.allow_origin)]
     code = 0
     try:

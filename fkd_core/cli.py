@@ -455,8 +455,8 @@ def ensemble_cmd(
 
 @app.command("serve")
 def serve_cmd(
-    data: Path = typer.Option(None, "--data", help="Kaggle data folder/archive (default: demo)."),
-    models: Path = typer.Option(Path("models"), "--models", help="Folder of runs."),
+    data: Path = DATA_OPTION,
+    models: Path = MODELS_OPTION,
     port: int = typer.Option(5006, "--port"),
     address: str = typer.Option("127.0.0.1", "--address",
                                 help="Interface to listen on (default: this machine only)."),
@@ -468,7 +468,10 @@ def serve_cmd(
         from app.serve import main as serve
     except ImportError as exc:
         fail(f"fkd's dashboard package `app` is not installed ({exc}); reinstall fkd")
-    args = ["--models", str(models), "--port", str(port), "--address", address]
+    from fkd_core import settings
+
+    data = settings.data_path(data)
+    args = ["--models", str(_models_dir(models)), "--port", str(port), "--address", address]
     if data is not None:
         args += ["--data", str(data)]
     if show:
