@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -284,9 +285,10 @@ class BrowserSession:
 
         async def detail():
             await click_face(page, 0)
-            await page.locator(".fkd-detail-title", has_text=ROW).first.wait_for()
-            await page.locator("table.fkd-keypoints").first.wait_for()
-            return ROW.search(await text_of(page.locator(".fkd-detail-title")))
+            title = page.locator(".fkd-detail .fkd-detail-title", has_text=ROW)
+            await title.first.wait_for()
+            await page.locator(".fkd-detail table.fkd-keypoints").first.wait_for()
+            return ROW.search(await text_of(title))
 
         seen = await self.act("detail", detail)
         if row is not None and int(seen.group(1)) != row:
@@ -324,6 +326,7 @@ class ProtocolSession:
         self.changed = asyncio.Event()
         self.reader: asyncio.Task | None = None
         self.closed = False
+        self.found: dict = {}
 
     async def open(self) -> None:
         from bokeh.client.websocket import WebSocketClientConnectionWrapper
@@ -379,8 +382,8 @@ class ProtocolSession:
             if msg.msgtype == "PATCH-DOC":
                 try:
                     msg.apply_to_document(self.doc, self)
-                except Exception as exc:  # a patch this client cannot apply is worth knowing
-                    self.tally.failures.append(f"{self.label}: applying a patch: {exc!r}"[:300])
+                except Exception as exc:  # what BokehJS reports as an uncaught page error
+                    self.tally.console.append(f"{self.label}: applying a patch: {exc!r}"[:300])
                 self.changed.set()
             elif msg.msgtype == "ERROR":
                 self.tally.failures.append(f"{self.label}: server ERROR reply: {msg.content}")
@@ -410,17 +413,29 @@ class ProtocolSession:
             except asyncio.TimeoutError:
                 pass
 
-    def find(self, css: str, kind=None):
-        for model in self.doc.models:
-            if css in (getattr(model, "css_classes", None) or []) and (
-                    kind is None or isinstance(model, kind)):
+    def find(self, css: str, kind=None, within: str | None = None):
+        """The model with CSS class ``css`` (inside the one with class ``within``, if given),
+        remembered while it stays in the document."""
+        key = (css, within)
+        model = self.found.get(key)
+        if model is not None and self.doc.get_model_by_id(model.id) is model:
+            return model
+        if within is None:
+            models = self.doc.models
+        else:
+            outer = self.find(within)
+            models = outer.references() if outer is not None else ()
+        for model in models:
+            classes = model.css_classes if "css_classes" in _props(type(model)) else ()
+            if css in classes and (kind is None or isinstance(model, kind)):
+                self.found[key] = model
                 return model
         return None
 
-    def text(self, css: str) -> str:
+    def text(self, css: str, within: str | None = None) -> str:
         import html
 
-        model = self.find(css)
+        model = self.find(css, within=within)
         return html.unescape(getattr(model, "text", "") or "") if model is not None else ""
 
     def page(self) -> tuple[int, int] | None:
@@ -439,6 +454,11 @@ class ProtocolSession:
         labels = next((m for m in fig.center if isinstance(m, HTMLLabelSet)), None)
         return (quad.data_source.selected if quad else None,
                 labels.source if labels else None)
+
+    def first_caption(self) -> str:
+        _, captions = self.grid_parts()
+        text = captions.data.get("text", []) if captions is not None else []
+        return str(text[0]) if len(text) else ""
 
     def click(self, css: str) -> None:
         from bokeh.events import ButtonClick
@@ -473,7 +493,7 @@ class ProtocolSession:
         async def faces():
             tabs.active = names.index("Faces")
             await self.flush()
-            return await self.until(self.page)
+            return await self.until(lambda: self.first_caption() and self.page())
 
         shown = await (self.act("Faces", faces) if first else faces())
         if first and shown[0] != 1:
@@ -485,10 +505,13 @@ class ProtocolSession:
             await pause()
             want = current + 1 if current < pages else current
 
-            async def step(current=current):
+            before = self.first_caption()
+
+            async def step(current=current, before=before):
                 self.click("fkd-next")
                 await self.flush()
-                return await self.until(lambda: (p := self.page()) and p[0] != current and p)
+                return await self.until(lambda: (p := self.page()) and p[0] != current
+                                        and self.first_caption() != before and p)
 
             if want == current:  # the last page: go back to the first one instead
                 page_input = self.find("fkd-page")
@@ -502,13 +525,13 @@ class ProtocolSession:
                                         f"page {shown[0]}, not {want}")
             current = shown[0]
         await pause()
-        selected, captions = self.grid_parts()
-        m = CAPTION_ROW.match(captions.data["text"][0]) if captions else None
+        selected, _ = self.grid_parts()
+        m = CAPTION_ROW.match(self.first_caption())
         row = int(m.group(1)) if m else None
 
         def detail_shown():
             modal = self.find("fkd-detail")
-            m = ROW.search(self.text("fkd-detail-title"))
+            m = ROW.search(self.text("fkd-detail-title", within="fkd-detail"))
             return m if m and (row is None or int(m.group(1)) == row) and (
                 modal is None or modal.open) else None
 
@@ -521,7 +544,7 @@ class ProtocolSession:
         try:
             seen = await self.act("detail", detail)
         except Stuck:
-            other = ROW.search(self.text("fkd-detail-title"))
+            other = ROW.search(self.text("fkd-detail-title", within="fkd-detail"))
             if other is None or row is None or int(other.group(1)) == row:
                 raise
             self.tally.stuck.pop()  # not stuck: it shows another face
@@ -554,6 +577,11 @@ class ProtocolSession:
             self.reader.cancel()
         if self.socket is not None:
             self.socket._socket.close()
+
+
+@functools.cache
+def _props(cls) -> set[str]:
+    return set(cls.properties())
 
 
 def protocol_clients(url: str, n: int, interval: float, stuck_s: float, deadline: float,
@@ -716,6 +744,8 @@ def print_run(r: dict) -> None:
     proto = r.get("protocol", {})
     for name, items in (("server errors", r["server_errors"]),
                         ("console errors", r["console_errors"]),
+                        ("protocol sessions' patch errors (their console errors)",
+                         proto.get("console_errors", [])),
                         ("stuck views", r["stuck"] + proto.get("stuck", [])),
                         ("cross-session effects", r["cross_session"] + proto.get(
                             "cross_session", [])),
