@@ -197,6 +197,19 @@ BAD_INPUTS = {
         lambda p: p.write_bytes(p.read_bytes()[:-5000]),
         7, "Image has",
     ),
+    "lookup extra field": (
+        "IdLookupTable.csv",
+        lambda p: _rewrite_line(p, 5, lambda line: line + b",7"),
+        5, "has 5 fields, expected 4",
+    ),
+    "every sample row has an extra field": (
+        "SampleSubmission.csv",
+        lambda p: p.write_bytes(b"\n".join(
+            line + b",0" if i and line else line
+            for i, line in enumerate(p.read_bytes().split(b"\n"))
+        )),
+        2, "has 3 fields, expected 2",
+    ),
     "short line": (
         "test.csv",
         lambda p: _rewrite_line(p, 3, lambda line: line.split(b",")[0]),
