@@ -249,7 +249,6 @@ def read_training(
     member: Member, *, use_cache: bool = True, progress: Progress | None = None
 ) -> dict[str, np.ndarray]:
     """training.csv → {"images": uint8 (N,96,96), "keypoints": float32 (N,30) NaN=missing}."""
-
     label = member.display
 
     def parse(data: bytes) -> dict[str, np.ndarray]:
@@ -264,7 +263,6 @@ def read_test(
     member: Member, *, use_cache: bool = True, progress: Progress | None = None
 ) -> dict[str, np.ndarray]:
     """test.csv → {"image_ids": int64 (M,), "images": uint8 (M,96,96)}."""
-
     label = member.display
 
     def parse(data: bytes) -> dict[str, np.ndarray]:

@@ -43,20 +43,23 @@ class Member:
 
     def read_bytes(self) -> bytes:
         """The CSV's bytes, byte-order mark removed, checked to be UTF-8 text."""
-        return self.read_keyed()[0]
+        if len(self.chain) == 1:
+            return self._checked(Path(self.chain[0]).read_bytes())
+        return self._checked(_read_chain(self.chain)[0])
 
     def read_keyed(self) -> tuple[bytes, str]:
         """The CSV's checked bytes and the content key of exactly those bytes."""
         if len(self.chain) == 1:
             data, digest = parse_cache.read_and_digest(Path(self.chain[0]))
-            key = "blake2b:" + digest
-        else:
-            data, info = _read_chain(self.chain)
-            key = self._zip_key(info)
+            return self._checked(data), "blake2b:" + digest
+        data, info = _read_chain(self.chain)
+        return self._checked(data), self._zip_key(info)
+
+    def _checked(self, data: bytes) -> bytes:
         if data.startswith(_BOM):
             data = data[len(_BOM):]
         check_text(data, self.display)
-        return data, key
+        return data
 
     def known_key(self) -> str | None:
         """The content key found without reading the CSV, or None when it cannot be."""
