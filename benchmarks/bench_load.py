@@ -25,8 +25,10 @@ Actions and what "done" means (the page is read through Playwright's shadow-pier
 Per action p50/p95/max (nearest rank: the p95 of ten samples is their max), over every session
 (mode a) or over the measured session's repeats (mode b; the protocol clients' own times are
 listed too). Errors: server-log lines with Traceback/ERROR/RuntimeError; console messages of
-type error and uncaught page errors. Stuck: an action whose result never appeared within
---stuck-seconds (the session stops there). Cross-session: a session read a page counter, detail
+type error and uncaught page errors (for protocol sessions: patches they could not apply,
+which BokehJS reports as uncaught errors). Stuck: an action that took longer than
+--stuck-seconds (60), or never completed (a session gives up after --wait-seconds, 180, and
+stops there). Cross-session: a session read a page counter, detail
 row or augmentation row other than the one its own clicks asked for. RSS: the server process
 and its children, peak (sampled every 0.5 s) and at the end of the run.
 
@@ -160,9 +162,27 @@ async def sample_rss(pid: int, peak: list[float]) -> None:
 
 
 def log_errors(log: Path) -> list[str]:
-    """The server log's error lines (Traceback/ERROR/RuntimeError), each with its next line."""
+    """The server log's errors: each traceback as its last frame and exception line, and other
+    lines naming ERROR or RuntimeError."""
     lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
-    return [" | ".join(lines[i:i + 2]) for i, line in enumerate(lines) if LOG_ERROR.search(line)]
+    out, i = [], 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("Traceback"):
+            j = i + 1
+            while j < len(lines) and (lines[j].startswith(" ") or not lines[j].strip()):
+                j += 1
+            frames = [x.strip() for x in lines[i + 1:j] if x.strip().startswith("File ")]
+            exc = lines[j] if j < len(lines) else "?"
+            ours = [f for f in frames if "/site-packages/" not in f]
+            where = " … ".join(dict.fromkeys(ours[-1:] + frames[-1:]))
+            out.append(f"Traceback … {where} → {exc}")
+            i = j + 1
+            continue
+        if LOG_ERROR.search(line):
+            out.append(line)
+        i += 1
+    return out
 
 
 # -- one browser session ----------------------------------------------------------------------
@@ -195,9 +215,10 @@ async def click_face(page, index: int) -> None:
 class BrowserSession:
     """One context (its own cookies, its own server session) doing the measured sequence."""
 
-    def __init__(self, browser, url: str, tally: Tally, label: str, stuck_s: float):
+    def __init__(self, browser, url: str, tally: Tally, label: str, limits: tuple[float, float]):
         self.browser, self.url, self.tally, self.label = browser, url, tally, label
-        self.timeout_ms = 1000 * stuck_s
+        self.stuck_s, wait_s = limits
+        self.timeout_ms = 1000 * wait_s
         self.page = None
 
     async def act(self, name: str, fn) -> object:
@@ -206,11 +227,14 @@ class BrowserSession:
             out = await asyncio.wait_for(fn(), self.timeout_ms / 1000 + 5)
         except Exception as exc:  # a Playwright timeout is a stuck view; anything else, too
             why = (str(exc).splitlines() or [""])[0][:160]
-            self.tally.stuck.append(f"{self.label}: {name} after "
+            self.tally.stuck.append(f"{self.label}: {name} never done, gave up after "
                                     f"{time.perf_counter() - t0:.1f} s ({type(exc).__name__}: "
                                     f"{why})")
             raise Stuck from exc
-        self.tally.times[name].append(1000 * (time.perf_counter() - t0))
+        took = time.perf_counter() - t0
+        self.tally.times[name].append(1000 * took)
+        if took > self.stuck_s:
+            self.tally.stuck.append(f"{self.label}: {name} took {took:.1f} s")
         return out
 
     def cross(self, what: str) -> None:
@@ -226,7 +250,9 @@ class BrowserSession:
 
         def console(msg):
             if listening[0] and msg.type == "error":
-                self.tally.console.append(f"{self.label}: {msg.text[:300]}")
+                where = (msg.location or {}).get("url", "")
+                self.tally.console.append(f"{self.label}: {msg.text[:300]}"
+                                          + (f" ({where[:160]})" if where else ""))
 
         def page_error(exc):
             if listening[0]:
@@ -317,9 +343,10 @@ class ProtocolSession:
     document is pulled, the server's patches applied, and our changes and UI events (button
     clicks) sent as PATCH-DOC messages."""
 
-    def __init__(self, url: str, label: str, tally: Tally, stuck_s: float):
+    def __init__(self, url: str, label: str, tally: Tally, limits: tuple[float, float]):
         self.ws_url = url.replace("http://", "ws://").rstrip("/") + "/ws"
-        self.label, self.tally, self.stuck_s = label, tally, stuck_s
+        self.label, self.tally = label, tally
+        self.stuck_s, self.wait_s = limits
         self.doc = None
         self.socket = None
         self.outbox: list = []
@@ -399,7 +426,7 @@ class ProtocolSession:
 
     async def until(self, predicate):
         """Wait for the server's patches to make ``predicate()`` true (or raise Stuck)."""
-        deadline = time.perf_counter() + self.stuck_s
+        deadline = time.perf_counter() + self.wait_s
         while True:
             out = predicate()
             if out:
@@ -474,12 +501,15 @@ class ProtocolSession:
     async def act(self, name: str, fn):
         t0 = time.perf_counter()
         try:
-            out = await fn()
-        except Stuck as exc:
-            self.tally.stuck.append(f"{self.label}: {name} after "
+            out = await asyncio.wait_for(fn(), self.wait_s + 5)
+        except (Stuck, asyncio.TimeoutError) as exc:
+            self.tally.stuck.append(f"{self.label}: {name} never done, gave up after "
                                     f"{time.perf_counter() - t0:.1f} s {exc}".rstrip())
-            raise
-        self.tally.times[name].append(1000 * (time.perf_counter() - t0))
+            raise Stuck from exc
+        took = time.perf_counter() - t0
+        self.tally.times[name].append(1000 * took)
+        if took > self.stuck_s:
+            self.tally.stuck.append(f"{self.label}: {name} took {took:.1f} s")
         return out
 
     async def cycle(self, first: bool, pause) -> None:
@@ -584,7 +614,8 @@ def _props(cls) -> set[str]:
     return set(cls.properties())
 
 
-def protocol_clients(url: str, n: int, interval: float, stuck_s: float, deadline: float,
+def protocol_clients(url: str, n: int, interval: float, limits: tuple[float, float],
+                     deadline: float,
                      ready, stop, out: str) -> None:
     """Process entry point: n protocol sessions until ``stop`` is set; results to ``out``."""
     import logging
@@ -598,7 +629,7 @@ def protocol_clients(url: str, n: int, interval: float, stuck_s: float, deadline
     rounds = [0]
 
     async def one(i: int) -> None:
-        s = ProtocolSession(url, f"protocol {i + 1}", tally, stuck_s)
+        s = ProtocolSession(url, f"protocol {i + 1}", tally, limits)
         rng = random.Random(i)
 
         async def pause():
@@ -651,18 +682,19 @@ async def run_one(mode: str, n: int, args, data: Path, models: Path, deadline: f
     sampler = asyncio.ensure_future(sample_rss(server.proc.pid, peak))
     t_run = time.perf_counter()
     proc = None
+    limits = (args.stuck_seconds, max(args.stuck_seconds, args.wait_seconds))
     try:
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=ui.CHROMIUM, headless=True,
                                               args=ui.BROWSER_ARGS + BROWSER_EXTRA)
             warm = Tally()
-            await BrowserSession(browser, url, warm, "warm-up", 300).run()
+            await BrowserSession(browser, url, warm, "warm-up", (300, 300)).run()
             result["cold"] = warm.summary()
             tally = Tally()
             budget = max(10.0, min(args.run_seconds, deadline - time.time()))
             if mode == "a":
                 sessions = [BrowserSession(browser, url, tally, f"browser {i + 1}",
-                                           args.stuck_seconds) for i in range(n)]
+                                           limits) for i in range(n)]
                 done, pending = await asyncio.wait(
                     [asyncio.ensure_future(s.run()) for s in sessions], timeout=budget)
                 for task in pending:
@@ -675,7 +707,7 @@ async def run_one(mode: str, n: int, args, data: Path, models: Path, deadline: f
                 out.unlink(missing_ok=True)
                 if n > 1:
                     proc = ctx.Process(target=protocol_clients, daemon=True, args=(
-                        url, n - 1, args.interval, args.stuck_seconds,
+                        url, n - 1, args.interval, limits,
                         time.time() + budget, ready, stop, str(out)))
                     proc.start()
                     t0 = time.perf_counter()
@@ -690,7 +722,7 @@ async def run_one(mode: str, n: int, args, data: Path, models: Path, deadline: f
                     for r in range(args.repeat):
                         await asyncio.wait_for(
                             BrowserSession(browser, url, tally, f"measured {r + 1}",
-                                           args.stuck_seconds).run(), max(1.0, left))
+                                           limits).run(), max(1.0, left))
                         left = budget - (time.perf_counter() - t_run)
                     result["timed_out"] = False
                 except asyncio.TimeoutError:
@@ -698,7 +730,7 @@ async def run_one(mode: str, n: int, args, data: Path, models: Path, deadline: f
                 if proc is not None:
                     stop.set()
                     await asyncio.get_running_loop().run_in_executor(
-                        None, proc.join, args.stuck_seconds + 30)
+                        None, proc.join, args.wait_seconds + 30)
                     if proc.is_alive():
                         proc.terminate()
                     result["protocol"] = (json.loads(out.read_text()) if out.is_file() else
@@ -780,7 +812,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="measured sequences in mode b")
     ap.add_argument("--interval", type=float, default=1.0,
                     help="mean seconds between a protocol session's actions (mode b)")
-    ap.add_argument("--stuck-seconds", type=float, default=60.0)
+    ap.add_argument("--stuck-seconds", type=float, default=60.0,
+                    help="an action slower than this is a stuck view")
+    ap.add_argument("--wait-seconds", type=float, default=180.0,
+                    help="how long a session waits for an action before it gives up")
     ap.add_argument("--run-seconds", type=float, default=900.0, help="limit per (mode, N)")
     ap.add_argument("--max-seconds", type=float, default=5400.0, help="limit for everything")
     args = ap.parse_args()
