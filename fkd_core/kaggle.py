@@ -173,12 +173,16 @@ def _raise_pixel_error(label, buf, row, code, count, where, start) -> None:
     raise KaggleFormatError(label, problem, line=line)
 
 
-def _fields_frame(label, buf, starts, img_start, columns) -> pd.DataFrame:
-    """The non-Image fields of every row as strings (empty string where blank)."""
+def _fields_frame(buf, starts, img_start, columns) -> pd.DataFrame:
+    """The non-Image fields of every row as strings (empty string where blank).
+
+    Every line is one record: quotes are literal, so a stray one cannot swallow the lines
+    after it, and only a pair enclosing a whole field is removed (spreadsheets add them).
+    """
     text = b"\n".join(bytes(buf[s : e - 1]) for s, e in zip(starts, img_start))
     if not columns:
         return pd.DataFrame(index=range(len(starts)))
-    return pd.read_csv(
+    frame = pd.read_csv(
         io.BytesIO(text),
         header=None,
         names=columns,
@@ -186,7 +190,10 @@ def _fields_frame(label, buf, starts, img_start, columns) -> pd.DataFrame:
         keep_default_na=False,
         na_filter=False,
         skip_blank_lines=False,
+        quoting=csv.QUOTE_NONE,
+        lineterminator="\n",
     )
+    return frame.replace(r'^\s*"(.*)"\s*$', r"\1", regex=True)
 
 
 def _numeric(label: str, frame: pd.DataFrame, column: str, allow_empty: bool) -> np.ndarray:
@@ -235,7 +242,7 @@ def _parse_image_csv(
     if len(starts) == 0:
         raise KaggleFormatError(label, "has a header but no data rows")
     images, img_start = _parse_images(label, buf, starts, ends, len(columns) - 1, progress)
-    frame = _fields_frame(label, buf, starts, img_start, columns[:-1])
+    frame = _fields_frame(buf, starts, img_start, columns[:-1])
     return images, frame
 
 

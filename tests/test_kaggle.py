@@ -175,6 +175,16 @@ BAD_INPUTS = {
         lambda p: _rewrite_line(p, 3, lambda line: b"abc" + line[line.index(b","):]),
         3, "column left_eye_center_x: 'abc' is not a number",
     ),
+    "stray quote in a coordinate": (
+        "training.csv",
+        lambda p: _rewrite_line(p, 3, lambda line: b'"' + line),
+        3, "column left_eye_center_x: '\"",
+    ),
+    "carriage return inside a coordinate": (
+        "training.csv",
+        lambda p: _rewrite_line(p, 4, lambda line: line[:3] + b"\r" + line[3:]),
+        4, "is not a number",
+    ),
     "duplicate ImageId": (
         "test.csv",
         lambda p: _rewrite_line(p, 4, lambda line: b"2" + line[line.index(b","):]),
@@ -284,10 +294,11 @@ def test_crlf_and_quoted_image_are_accepted(tmp_path):
     path = tmp_path / "training.csv"
     lines = path.read_bytes().rstrip(b"\n").split(b"\n")
     rows = (x.rsplit(b",", 1) for x in lines[1:])
-    quoted = [lines[0]] + [h + b',"' + img + b'"' for h, img in rows]
+    quoted = [lines[0]] + [b'"' + h.replace(b",", b'","') + b'","' + img + b'"' for h, img in rows]
     path.write_bytes(b"\r\n".join(quoted) + b"\r\n")
     data = dataset.load(tmp_path, use_cache=False)
     np.testing.assert_array_equal(data.train.images, truth["images"])
+    np.testing.assert_allclose(data.train.keypoints, truth["keypoints"], atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------
