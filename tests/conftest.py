@@ -35,6 +35,14 @@ def demo_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def data(demo_dir):
+    """The demo set as loaded by fkd (training, test, lookup)."""
+    from fkd_core import dataset
+
+    return dataset.load(demo_dir)
+
+
 @pytest.fixture
 def faces15() -> Path:
     if not (FACES15 / "training.zip").is_file():

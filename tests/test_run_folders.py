@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fkd_core import dataset, metrics, runs
+from fkd_core import metrics, runs
 from fkd_core.cli import app
 from fkd_core.composite import make_ensemble
 from fkd_core.evaluation import evaluate
@@ -25,11 +25,6 @@ TINY = dict(arch="simple", head="regression", epochs=1, batch_size=16, steps_per
             val_fraction=0.25)
 TINY_CLI = ["--arch", "simple", "--head", "regression", "--epochs", "1", "--batch-size", "16",
             "--steps-per-epoch", "2"]
-
-
-@pytest.fixture(scope="module")
-def data(demo_dir):
-    return dataset.load(demo_dir)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fkd_core import dataset, metrics, runs
+from fkd_core import metrics, runs
 from fkd_core.cli import app
 from fkd_core.composite import make_ensemble, specialist_groups, train_specialists
 from fkd_core.evaluation import evaluate, submission
@@ -27,11 +27,6 @@ from fkd_core.training import TrainConfig, train
 runner = CliRunner()
 TINY = dict(arch="simple", head="regression", epochs=1, batch_size=16, steps_per_epoch=3,
             val_fraction=0.25)
-
-
-@pytest.fixture(scope="module")
-def data(demo_dir):
-    return dataset.load(demo_dir)
 
 
 @pytest.fixture(scope="module")
