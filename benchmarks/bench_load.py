@@ -788,6 +788,103 @@ def print_run(r: dict) -> None:
             print(f"    {line[:240]}")
 
 
+def cell(st: dict) -> str:
+    if not st.get("n"):
+        return "–"
+    return f"{fmt_ms(st['p50'])} / {fmt_ms(st['p95'])} / {fmt_ms(st['max'])}"
+
+
+def counts(r: dict) -> dict:
+    proto = r.get("protocol", {})
+    return {"server": len(r.get("server_errors", [])),
+            "console": len(r.get("console_errors", [])),
+            "patch": len(proto.get("console_errors", [])),
+            "stuck": len(r.get("stuck", [])) + len(proto.get("stuck", [])),
+            "cross": len(r.get("cross_session", [])) + len(proto.get("cross_session", []))}
+
+
+def targets(runs: list[dict]) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for the issue's acceptance targets; None: not measured."""
+    by = {(r["mode"], r["sessions"]): r for r in runs if "actions" in r}
+    out = []
+    for mode in "ab":
+        for n in (20, 40):
+            r = by.get((mode, n))
+            c = counts(r) if r else None
+            bad = None if c is None else sum(c.values())
+            out.append((f"mode {mode}, N = {n}: no server/console errors, stuck views or "
+                        "cross-session effects",
+                        "not run" if c is None else ", ".join(f"{k} {v}" for k, v in c.items()),
+                        None if c is None else bad == 0))
+    r = by.get(("b", 20))
+    for a in ACTIONS:
+        limit = 2000 if a == "open" else 300
+        st = r["actions"][a] if r else {}
+        out.append((f"mode b, N = 20: {a} p95 ≤ {fmt_ms(limit)}",
+                    fmt_ms(st.get("p95")) if st.get("n") else "not measured",
+                    st["p95"] <= limit if st.get("n") else None))
+    r = by.get(("a", 20))
+    for a, limit in (("next", 1500), ("open", 20000)):
+        st = r["actions"][a] if r else {}
+        out.append((f"mode a, N = 20: {a} p95 ≤ {fmt_ms(limit)}",
+                    fmt_ms(st.get("p95")) if st.get("n") else "not measured",
+                    st["p95"] <= limit if st.get("n") else None))
+    for mode in "ab":
+        r = by.get((mode, 1))
+        for a, limit in (("open", 2000), ("Augment", 1000)):
+            st = r["actions"][a] if r else {}
+            out.append((f"one session (mode {mode}, N = 1, after the warm-up): {a} ≤ "
+                        f"{fmt_ms(limit)}",
+                        fmt_ms(st.get("max")) if st.get("n") else "not measured",
+                        st["max"] <= limit if st.get("n") else None))
+    for mode in "ab":
+        r = by.get((mode, 40))
+        out.append((f"server RSS after the N = 40 run (mode {mode}) ≤ 1.5 GB",
+                    f"{r['rss_end_mb']} MB (peak {r['rss_peak_mb']} MB)" if r else "not run",
+                    r["rss_end_mb"] <= 1536 if r else None))
+    return out
+
+
+def markdown(report: dict) -> str:
+    """BENCHMARKS.md tables for a finished report."""
+    lines = []
+    for mode in "ab":
+        runs = [r for r in report["runs"] if r["mode"] == mode and "actions" in r]
+        if not runs:
+            continue
+        who = ("every session's actions" if mode == "a"
+               else "the measured browser session's actions")
+        lines += ["", f"Mode {mode}, {who}, p50 / p95 / max:", "",
+                  "| N | " + " | ".join(ACTIONS) + " | server errors | console errors"
+                  + (" | protocol patch errors" if mode == "b" else "")
+                  + " | stuck actions | cross-session | server RSS peak / end | wall |",
+                  "|" + " --- |" * (len(ACTIONS) + 7 + (mode == "b"))]
+        for r in runs:
+            c = counts(r)
+            lines.append(
+                f"| {r['sessions']} | " + " | ".join(cell(r["actions"][a]) for a in ACTIONS)
+                + f" | {c['server']} | {c['console']}"
+                + (f" | {c['patch']}" if mode == "b" else "")
+                + f" | {c['stuck']} | {c['cross']} | {r['rss_peak_mb']} / {r['rss_end_mb']} MB"
+                + f" | {r['wall_s']:.0f} s{' (timed out)' if r.get('timed_out') else ''} |")
+        if mode == "b":
+            lines += ["", "Mode b, the N−1 protocol sessions' own actions (server round trip "
+                      "as their client saw it), p50 / p95 / max:", "",
+                      "| N | " + " | ".join(ACTIONS) + " | cycles |",
+                      "|" + " --- |" * (len(ACTIONS) + 2)]
+            for r in runs:
+                if "protocol" in r and "actions" in r["protocol"]:
+                    pr = r["protocol"]
+                    lines.append(f"| {r['sessions']} | "
+                                 + " | ".join(cell(pr["actions"][a]) for a in ACTIONS)
+                                 + f" | {pr.get('cycles', 0)} |")
+    lines += ["", "| target | measured | met |", "| --- | --- | --- |"]
+    for what, value, met in targets(report["runs"]):
+        lines.append(f"| {what} | {value} | "
+                     f"{'—' if met is None else ('yes' if met else '**no**')} |")
+    return "\n".join(lines)
+
+
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
@@ -818,7 +915,12 @@ def main() -> None:
                     help="how long a session waits for an action before it gives up")
     ap.add_argument("--run-seconds", type=float, default=900.0, help="limit per (mode, N)")
     ap.add_argument("--max-seconds", type=float, default=5400.0, help="limit for everything")
+    ap.add_argument("--report", type=Path, metavar="JSON",
+                    help="only print the Markdown tables of an earlier run's results")
     args = ap.parse_args()
+    if args.report:
+        print(markdown(json.loads(args.report.read_text())))
+        return
     deadline = time.time() + args.max_seconds
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -843,6 +945,7 @@ def main() -> None:
             print_run(r)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=1))
+    print(markdown(report))
     print(f"\nresults: {args.out}")
 
 
