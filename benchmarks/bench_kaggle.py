@@ -1,13 +1,15 @@
 """Kaggle parsing speed: fkd's reader vs. the common pandas idiom, and cold vs. cached loads.
 
 Usage: python benchmarks/bench_kaggle.py [--train 7049] [--repeat 3] [--data DIR]
+                                        [--header-columns 1000000]
 
 Writes a Kaggle-size demo set (unless --data is given), then times, in this one process:
   idiom  pd.read_csv + df["Image"].apply(lambda s: np.fromstring(s, sep=" "))
   cold   fkd_core.kaggle.read_training(use_cache=False) — full strict parse + validation
   warm   fkd_core.kaggle.read_training() from the content-keyed cache
-and prints the ratios. The numba kernels are compiled (or loaded from their on-disk cache)
-before timing, as they are after a package's first use.
+and prints the ratios; then times the rejection of a header of --header-columns columns
+(the header checks must stay linear and their message short). The numba kernels are
+compiled (or loaded from their on-disk cache) before timing, as after a package's first use.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=7049)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--data", type=Path, help="existing folder with training.csv")
+    ap.add_argument("--header-columns", type=int, default=1_000_000)
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="fkd-bench-"))
@@ -81,6 +84,21 @@ def main() -> None:
     print(f"cold vs idiom:             {t_idiom / t_cold:6.1f}x faster")
     print(f"cold vs idiom apply only:  {t_apply / t_cold:6.1f}x faster")
     print(f"warm vs cold:              {t_cold / t_warm:6.1f}x faster")
+    t_header, message = _wide_header(kaggle, work, args.header_columns)
+    print(f"header of {args.header_columns} columns rejected in {t_header:.2f} s, "
+          f"message {len(message)} characters")
+
+
+def _wide_header(kaggle, work: Path, n: int) -> tuple[float, str]:
+    wide = work / "wide"
+    wide.mkdir()
+    (wide / "training.csv").write_text(",".join(f"c{i}" for i in range(n)) + "\n1,2\n")
+    t = time.perf_counter()
+    try:
+        kaggle.read_training(kaggle.locate(wide)["training.csv"], use_cache=False)
+    except kaggle.KaggleFormatError as exc:
+        return time.perf_counter() - t, str(exc)
+    raise AssertionError("a header of unknown columns was accepted")
 
 
 def _tiny_copy(csv: Path, work: Path) -> Path:
