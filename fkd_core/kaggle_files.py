@@ -8,6 +8,7 @@ A path that holds none of the files is an error that says what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import zipfile
@@ -44,13 +45,15 @@ class Member:
     def read_bytes(self) -> bytes:
         """The CSV's bytes, byte-order mark removed, checked to be UTF-8 text."""
         if len(self.chain) == 1:
-            return self._checked(Path(self.chain[0]).read_bytes())
+            with self._reading():
+                return self._checked(Path(self.chain[0]).read_bytes())
         return self._checked(_read_chain(self.chain)[0])
 
     def read_keyed(self) -> tuple[bytes, str]:
         """The CSV's checked bytes and the content key of exactly those bytes."""
         if len(self.chain) == 1:
-            data, digest = parse_cache.read_and_digest(Path(self.chain[0]))
+            with self._reading():
+                data, digest = parse_cache.read_and_digest(Path(self.chain[0]))
             return self._checked(data), "blake2b:" + digest
         data, info = _read_chain(self.chain)
         return self._checked(data), self._zip_key(info)
@@ -72,8 +75,19 @@ class Member:
     def content_key(self) -> str:
         """A key that changes exactly when the CSV's content changes."""
         if len(self.chain) == 1:
-            return "blake2b:" + parse_cache.file_digest(Path(self.chain[0]))
+            with self._reading():
+                return "blake2b:" + parse_cache.file_digest(Path(self.chain[0]))
         return self.known_key()
+
+    @contextlib.contextmanager
+    def _reading(self):
+        """A loose file that vanished or cannot be read since it was found is a named error."""
+        try:
+            yield
+        except OSError as exc:
+            raise KaggleFormatError(
+                self.display, f"cannot be read: {exc.strerror or exc}"
+            ) from None
 
     def _zip_key(self, info: zipfile.ZipInfo) -> str:
         # The first zipped level's CRC-32 and size identify everything inside it; zipfile

@@ -162,3 +162,14 @@ def test_long_column_name_is_cut_in_the_message(tmp_path):
     message = str(info.value)
     assert f"unexpected column '{'x' * 40}'… (100000 characters)" in message
     assert len(message) < 300
+
+
+def test_file_gone_between_locating_and_reading_is_named(tmp_path):
+    make_set(tmp_path, seed=18)
+    member = kaggle.locate(tmp_path)["test.csv"]
+    (tmp_path / "test.csv").unlink()
+    for read in (kaggle.read_test, lambda m: kaggle.read_test(m, use_cache=False)):
+        with pytest.raises(kaggle.KaggleFormatError) as info:
+            read(member)
+        gone = f"{tmp_path / 'test.csv'}: cannot be read: No such file or directory"
+        assert str(info.value) == gone
