@@ -17,6 +17,9 @@ from rich.table import Table
 app = typer.Typer(help="fkd — facial keypoint detection workbench.", no_args_is_help=True)
 data_app = typer.Typer(help="Inspect Kaggle data and write the demo set.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+labels_app = typer.Typer(help="Find suspicious labels and keep corrections beside the data.",
+                         no_args_is_help=True)
+app.add_typer(labels_app, name="labels")
 
 out = Console()
 err = Console(stderr=True)
@@ -158,6 +161,20 @@ def _load_train(data: Path | None):
         return dataset.load(path, parts=("training",), progress=progress).require_train()
 
 
+def _corrected(train_set, corrections: Path | None):
+    """The training set with a corrections log applied (and what a run records of it)."""
+    from fkd_core import corrections as log
+
+    if corrections is None:
+        return train_set, None
+    if not corrections.is_file():
+        fail(f"--corrections: {corrections} does not exist")
+    try:
+        return log.corrected(train_set, corrections)
+    except log.CorrectionsError as exc:
+        fail(str(exc))
+
+
 def _key_values(pairs: list[str], what: str) -> dict:
     out = {}
     for pair in pairs:
@@ -219,6 +236,8 @@ def train_cmd(
     steps_per_epoch: int = typer.Option(None, "--steps-per-epoch", help="Cap steps per epoch."),
     models: Path = MODELS_OPTION,
     run_id: str = typer.Option(None, "--run-id", help="Folder name (default: time-arch-head)."),
+    corrections: Path = typer.Option(None, "--corrections", help="Label corrections log to "
+                                     "apply on top of training.csv (see `fkd labels`)."),
 ):
     """Train a model; the run folder appears under --models only when it is complete."""
     from fkd_core.training import TrainConfig, train
@@ -239,9 +258,10 @@ def train_cmd(
                      **config.head_options)
     except (ValueError, TypeError, KeyError) as exc:
         fail(str(exc))
-    train_set = _load_train(data)
+    train_set, applied = _corrected(_load_train(data), corrections)
     try:
-        path = train(train_set, config, _models_dir(models), run_id=run_id, verbose=_verbose())
+        path = train(train_set, config, _models_dir(models), run_id=run_id, verbose=_verbose(),
+                     corrections=applied)
     except KeyboardInterrupt:
         fail("training interrupted; no run was saved", code=130)
     except (ValueError, FileExistsError, FloatingPointError) as exc:
@@ -486,6 +506,115 @@ def archs_cmd():
 
     for name, arch in ARCHITECTURES.items():
         out.print(f"[bold]{name:<10}[/] {arch.description}")
+
+
+def _corrections_path(corrections: Path | None, train_set) -> Path:
+    from fkd_core import corrections as log
+
+    return corrections or log.default_path(train_set.fingerprint)
+
+
+@labels_app.command("audit")
+def labels_audit_cmd(
+    data: Path = DATA_OPTION,
+    output: Path = typer.Option(..., "-o", "--output", help="suspects.csv to write."),
+    folds: int = typer.Option(None, "--folds", help="Train K models, each judging the faces "
+                              "it did not see (out-of-fold)."),
+    run: str = typer.Option(None, "--run", help="Judge with one existing run instead "
+                            "(in-sample for the faces it trained on)."),
+    models: Path = MODELS_OPTION,
+    limit: int = typer.Option(None, "--limit", min=1, help="Keep the N most suspicious."),
+    arch: str = typer.Option("resnet", "--arch", help="Fold models' architecture."),
+    width: float = typer.Option(0.5, "--width", help="Fold models' channel multiplier."),
+    epochs: int = typer.Option(12, "--epochs", min=1, help="Fold models' epochs."),
+    steps_per_epoch: int = typer.Option(None, "--steps-per-epoch"),
+    seed: int = typer.Option(0, "--seed"),
+    corrections: Path = typer.Option(None, "--corrections",
+                                     help="Audit the labels with this log applied."),
+):
+    """List suspicious labels, most suspicious first: residuals, swaps, shapes, duplicates."""
+    from fkd_core import label_qa
+    from fkd_core.files import check_output_file
+    from fkd_core.training import TrainConfig
+
+    if (folds is None) == (run is None):
+        fail("give exactly one of --folds K or --run RUN")
+    try:
+        check_output_file(output)
+    except ValueError as exc:
+        fail(f"-o: {exc}")
+    found = _run(run, models) if run else None
+    train_set, _ = _corrected(_load_train(data), corrections)
+    try:
+        if found is not None:
+            pred = found.predict(train_set.images, tta=True)
+            how = f"run {found.id} (in-sample: it trained on most of these faces)"
+        else:
+            config = TrainConfig(arch=arch, width=width, epochs=epochs, seed=seed,
+                                 steps_per_epoch=steps_per_epoch, augment={})
+            with progress_bar(f"training {folds} fold models") as progress:
+                pred = label_qa.out_of_fold_predictions(train_set, config, folds, seed=seed,
+                                                        progress=progress)
+            how = f"{folds} out-of-fold {arch} models"
+    except KeyboardInterrupt:
+        fail("audit interrupted; nothing was written", code=130)
+    except (ValueError, FloatingPointError) as exc:
+        fail(str(exc))
+    suspects = label_qa.find_suspects(train_set.images, train_set.keypoints, train_set.row_ids,
+                                      pred, limit=limit)
+    from fkd_core.files import atomic_write
+
+    with atomic_write(output, encoding="utf-8", newline="") as f:
+        suspects.to_csv(f, index=False, float_format="%.3f")
+    counts = suspects.reason.str.split(":").str[0].value_counts()
+    out.print(f"{len(suspects)} suspects judged by {escape(how)}: "
+              + ", ".join(f"{n} {k}" for k, n in counts.items()) + f"; wrote {escape(str(output))}")
+
+
+@labels_app.command("apply")
+def labels_apply_cmd(
+    data: Path = DATA_OPTION,
+    corrections: Path = typer.Option(None, "--corrections", help="The log (default: this "
+                                     "data's log in the per-user fkd folder)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for the corrected "
+                                "training.csv (never the data's own folder)."),
+):
+    """Write a corrected Kaggle-format training.csv; the original file is never touched."""
+    from fkd_core import kaggle
+
+    train_set = _load_train(data)
+    path = _corrections_path(corrections, train_set)
+    fixed, applied = _corrected(train_set, path)
+    target = output / kaggle.TRAINING
+    source = Path(train_set.source.split("!")[0])
+    if target.exists() and source.exists() and target.samefile(source):
+        fail(f"-o: {output} holds the original training.csv; choose another folder")
+    output.mkdir(parents=True, exist_ok=True)
+    kaggle.write_training_csv(target, fixed.images, fixed.keypoints)
+    out.print(f"applied {applied['count']} corrections from {escape(str(path))}; "
+              f"wrote {escape(str(target))}")
+
+
+@labels_app.command("log")
+def labels_log_cmd(
+    data: Path = DATA_OPTION,
+    corrections: Path = typer.Option(None, "--corrections"),
+):
+    """List the corrections kept for this data, oldest first."""
+    from fkd_core import corrections as log
+
+    train_set = _load_train(data)
+    path = _corrections_path(corrections, train_set)
+    try:
+        entries = log.read(path)
+    except log.CorrectionsError as exc:
+        fail(str(exc))
+    out.print(f"{len(entries)} corrections in {escape(str(path))}")
+    table = Table("time", "row", "keypoint", "old", "new", "reason", "note", box=None)
+    for c in entries:
+        table.add_row(c.time, str(c.row), c.keypoint, log.format_point(c.old),
+                      log.format_point(c.new), escape(c.reason), escape(c.note))
+    out.print(table)
 
 
 def main(argv: list[str] | None = None) -> None:

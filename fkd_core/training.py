@@ -226,8 +226,13 @@ def train(
     verbose: int | str = "auto",
     extra_callbacks: Sequence = (),
     on_staged: Callable[[Path], None] | None = None,
+    corrections: dict | None = None,
 ) -> Path:
-    """Train one model on ``data`` and write its run folder; returns the folder's path."""
+    """Train one model on ``data`` and write its run folder; returns the folder's path.
+
+    ``corrections`` describes a label corrections log already applied to ``data`` (path,
+    hash, count: :func:`fkd_core.corrections.corrected`); the run records it.
+    """
     import keras
 
     from fkd_core.losses import MaskedRMSEPixels, masked_mse
@@ -310,6 +315,7 @@ def train(
             train=dataclasses.asdict(config),
             best_epoch=_best_epoch(history.history),
             wall_seconds=round(time.time() - started, 1),
+            **({"corrections": corrections} if corrections else {}),
         ))
     return Path(models_dir) / run_id
 
