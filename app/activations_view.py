@@ -8,7 +8,6 @@ top-k, normalising and tiling — is :mod:`fkd_core.activations`'.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -18,6 +17,7 @@ from bokeh.models import BasicTicker, ColumnDataSource, HoverTool, LinearColorMa
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
+from app.background import compute_then_update, in_document, on_click
 from app.faces import face_figure
 from app.state import Store, Unavailable
 from app.untrusted import Message, html_text
@@ -48,7 +48,6 @@ class ActivationsView(pn.viewable.Viewer):
     def __init__(self, store: Store, **params):
         super().__init__(**params)
         self.store = store
-        self._doc = pn.state.curdoc
         self._started = False
         self._loading: set[str] = set()
         self._quiet = False
@@ -71,7 +70,7 @@ class ActivationsView(pn.viewable.Viewer):
         self._bars_fig = self._bars_figure()
         w = pn.widgets
         random_face = w.Button(label="random face", width=110, css_classes=["fkd-act-random"])
-        random_face.on_click(lambda _: self._random_face())
+        on_click(random_face, self._random_face)
         self._content = pn.Row(
             pn.Column(pn.pane.Markdown("**input face**", margin=(0, 10)),
                       pn.pane.Bokeh(self._face_figure())),
@@ -146,6 +145,7 @@ class ActivationsView(pn.viewable.Viewer):
         self._message.say(text, kind)
 
     @param.depends("run", watch=True)
+    @in_document
     def _run_changed(self) -> None:
         if not self._started:
             return
@@ -158,26 +158,15 @@ class ActivationsView(pn.viewable.Viewer):
             self._say("No trained runs yet — the leaderboard tab says how to make one.")
             return
         run_id = self.run
-        if self.store.model_ready(run_id) or self._doc is None:
+        if self.store.model_ready(run_id):
             self._model_loaded(run_id)
             return
         self._say(f"Loading the model of run {run_id} (once per server)…")
         if run_id in self._loading:
             return
         self._loading.add(run_id)
-        doc = self._doc
-
-        def work():
-            try:
-                self.store.model(run_id)
-            except Unavailable:
-                pass  # the store keeps the reason; _model_loaded shows it
-            try:
-                doc.add_next_tick_callback(lambda: self._model_loaded(run_id))
-            except Exception:  # the session was closed meanwhile
-                pass
-
-        threading.Thread(target=work, daemon=True, name="fkd-load-model").start()
+        store = self.store
+        compute_then_update(lambda: store.model(run_id), lambda: self._model_loaded(run_id))
 
     def _model_loaded(self, run_id: str) -> None:
         from fkd_core.activations import conv_layer_names
@@ -214,6 +203,7 @@ class ActivationsView(pn.viewable.Viewer):
             self.row = int(np.random.default_rng().choice(train.row_ids))
 
     @param.depends("layer", "row", "top_k", watch=True)
+    @in_document
     def _choices_changed(self) -> None:
         if not self._quiet and self._started:
             self.redraw()

@@ -24,6 +24,7 @@ import panel as pn
 import param
 from bokeh.models import ColumnDataSource, HoverTool, LabelSet
 
+from app.background import WORKERS, compute_then_update, in_document, on_click
 from app.faces import COLOURS, NAMES, FaceCanvas
 from app.state import Store, Unavailable
 from app.untrusted import Message, html_text
@@ -112,6 +113,44 @@ LABEL_ALIGN, LABEL_DX, LABEL_DY = (np.array(v) for v in zip(
     *(label_placement(n) for n in KEYPOINT_NAMES)))
 
 
+_WARM_LOCK = threading.Lock()
+_WARMING_LOCK = threading.Lock()
+_WARM: set[int] = set()  # id() of the stores warmed up in this process
+_WARMING: set[int] = set()
+
+
+def warm_up(store: Store) -> None:
+    """Once per process and store (callers wait for the one that runs): TensorFlow's import,
+    the labels' offset and one augmentation batch — TensorFlow's first call of each op is
+    slow — so that any session's Augment tab then opens at once. Blocks; call it off the
+    event loop."""
+    with _WARM_LOCK:
+        if id(store) in _WARM:
+            return
+        train = store.train
+        if train is not None and len(train):
+            from fkd_core.augment import AugmentConfig, augment_samples
+
+            store.label_offset()
+            augment_samples(train.images[0], np.full(2 * N_KEYPOINTS, 40.0, np.float32),
+                            SAMPLE_COUNTS[1], AugmentConfig())
+        _WARM.add(id(store))
+
+
+def is_warm(store: Store) -> bool:
+    return id(store) in _WARM
+
+
+def warm_up_in_background(store: Store) -> None:
+    """Start :func:`warm_up` in a worker thread, the first time this is called for a store
+    (every session calls it; the server's own warm-up run of the page calls it first)."""
+    with _WARMING_LOCK:  # not _WARM_LOCK: the event loop must never wait for TensorFlow
+        if id(store) in _WARMING:
+            return
+        _WARMING.add(id(store))
+    WORKERS.submit(warm_up, store)
+
+
 class AugmentView(pn.viewable.Viewer):
     """Pick a face and transform settings; see N samples and the flip check."""
 
@@ -126,7 +165,6 @@ class AugmentView(pn.viewable.Viewer):
     def __init__(self, store: Store, **params):
         super().__init__(**params)
         self.store = store
-        self._doc = pn.state.curdoc
         self._started = False
         self._ready = False
         self._quiet = False
@@ -160,31 +198,12 @@ class AugmentView(pn.viewable.Viewer):
             self._say(f"No training faces to augment: "
                       f"{self.store.data_error or 'this data has no training.csv'}", "danger")
             return
-        if self._doc is None:
-            self._prepare()
+        if is_warm(self.store):
             self._build()
             return
         self._say("Loading the augmentation code (TensorFlow)…")
-        doc = self._doc
-
-        def work():
-            self._prepare()
-            try:
-                doc.add_next_tick_callback(self._build)
-            except Exception:  # the session was closed meanwhile
-                pass
-
-        threading.Thread(target=work, daemon=True, name="fkd-augment-load").start()
-
-    def _prepare(self) -> None:
-        """The slow first steps, off the event loop: TensorFlow's import, the labels' offset
-        and one warm-up batch (TensorFlow's first call of each op is slow)."""
-        from fkd_core.augment import AugmentConfig, augment_samples
-
-        self.store.label_offset()
-        train = self.store.train
-        augment_samples(train.images[0], np.full(2 * N_KEYPOINTS, 40.0, np.float32),
-                        SAMPLE_COUNTS[1], AugmentConfig())
+        store = self.store
+        compute_then_update(lambda: warm_up(store), self._build)
 
     def _build(self) -> None:
         self.settings = settings_class()()
@@ -204,14 +223,14 @@ class AugmentView(pn.viewable.Viewer):
             y_offset="dy", text_font_size="9px", text_baseline="middle", text_color="black",
             background_fill_color="colour", background_fill_alpha=0.7))
         random_face = w.Button(label="random face", width=110, css_classes=["fkd-aug-random"])
-        random_face.on_click(lambda _: self._random_face())
+        on_click(random_face, self._random_face)
         new_seed = w.Button(label="new seed", width=90, css_classes=["fkd-aug-new-seed"])
-        new_seed.on_click(lambda _: self._new_seed())
+        on_click(new_seed, self._new_seed)
         defaults = w.Button(label="training defaults", width=140,
                             css_classes=["fkd-aug-defaults"])
-        defaults.on_click(lambda _: self.apply_settings(self._defaults(False)))
+        on_click(defaults, lambda: self.apply_settings(self._defaults(False)))
         all_off = w.Button(label="all off", width=80, css_classes=["fkd-aug-all-off"])
-        all_off.on_click(lambda _: self.apply_settings(self._defaults(True)))
+        on_click(all_off, lambda: self.apply_settings(self._defaults(True)))
         self._header = pn.pane.HTML("", css_classes=["fkd-aug-header"], margin=(0, 10))
         self._table = pn.pane.HTML("", css_classes=["fkd-aug-table"], margin=(0, 10))
         self._cli = pn.pane.HTML("", css_classes=["fkd-aug-cli"], margin=(0, 10))
@@ -301,16 +320,19 @@ class AugmentView(pn.viewable.Viewer):
         finally:
             self._quiet = False
 
+    @in_document
     def _settings_changed(self, *events) -> None:
         if not self._quiet:
             self.redraw(new_seed=not self.same_seed)
 
     @param.depends("row", "n_samples", "seed", watch=True)
+    @in_document
     def _choices_changed(self) -> None:
         if not self._quiet:
             self.redraw()
 
     @param.depends("from_run", watch=True)
+    @in_document
     def _from_run_changed(self) -> None:
         if self.from_run == NO_RUN or self.settings is None:
             return

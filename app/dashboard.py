@@ -1,13 +1,20 @@
 """The page: a header and tabs — leaderboard, face grid, data overview, augmentation QA, flip
-audit and activation maps. The inspection views build their heavy parts (TensorFlow, models)
-the first time their tab is shown."""
+audit and activation maps.
+
+A new session builds only the header and the leaderboard; every other tab's view is built the
+first time that tab is shown (or another view sends the user there), so opening the page costs
+one light view, and sessions that never open a tab never pay for it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import panel as pn
 
 from app.activations_view import ActivationsView
 from app.augment_view import AugmentView
+from app.background import in_document
 from app.data_view import DataView
 from app.flip_audit_view import FlipAuditView
 from app.grid import FaceGrid
@@ -25,39 +32,56 @@ class Dashboard(pn.viewable.Viewer):
     def __init__(self, store: Store, **params):
         super().__init__(**params)
         self.store = store
-        self.grid = FaceGrid(store, on_open_row=self._open_in_augment)
+        self._makers: dict[str, Callable[[], pn.viewable.Viewer]] = {
+            "Faces": lambda: FaceGrid(store, on_open_row=self._open_in_augment),
+            "Data": lambda: DataView(store),
+            "Augment": lambda: AugmentView(store),
+            "Flip audit": lambda: FlipAuditView(store, on_open=self._open_in_augment),
+            "Activations": lambda: ActivationsView(store),
+        }
         self.leaderboard = Leaderboard(store, on_cell=self._open_cell)
-        self.data_view = DataView(store)
-        self.augment = AugmentView(store)
-        self.flip_audit = FlipAuditView(store, on_open=self._open_in_augment)
-        self.activations = ActivationsView(store)
-        self._views = (self.leaderboard, self.grid, self.data_view, self.augment,
-                       self.flip_audit, self.activations)
-        self.tabs = pn.Tabs(
-            *zip(TABS, self._views), dynamic=False, css_classes=["fkd-tabs"],
-        )
+        self._views: dict[str, pn.viewable.Viewer] = {"Leaderboard": self.leaderboard}
+        self._slots = {name: pn.Column(sizing_mode="stretch_width") for name in TABS}
+        self._slots["Leaderboard"].objects = [self.leaderboard]
+        self.tabs = pn.Tabs(*((name, self._slots[name]) for name in TABS),
+                            dynamic=False, css_classes=["fkd-tabs"])
         self.tabs.param.watch(self._tab_shown, "active")
         banner = pn.pane.Alert(
-            f"<b>Could not load the data</b> — {markdown_text(store.data_error or '')}. "
-            "The leaderboard still works; restart with a valid <code>--data PATH</code>.",
+            f"**Could not load the data** — {markdown_text(store.data_error or '')}. "
+            "The leaderboard still works; restart with a valid `--data PATH`.",
             alert_type="danger", visible=store.data_error is not None,
             css_classes=["fkd-data-error"],
         )
-        where = html_text(store.data_path or "?")
         header = pn.pane.HTML(
             f"<h2 style='margin:4px 0'>fkd — facial keypoints dashboard</h2>"
-            f"<div style='color:#555'>data: <code>{where}</code> · runs: "
-            f"<code>{html_text(store.models_dir)}</code></div>",
+            f"<div style='color:#555'>data: <code>{html_text(store.data_path or '?')}</code> · "
+            f"runs: <code>{html_text(store.models_dir)}</code></div>",
             margin=(5, 10),
         )
         self._layout = pn.Column(header, banner, self.tabs, sizing_mode="stretch_width")
+
+    def view(self, name: str):
+        """The tab's view, built (and put into its tab) the first time it is asked for."""
+        if name not in self._views:
+            view = self._views[name] = self._makers[name]()
+            self._slots[name].objects = [view]
+        return self._views[name]
+
+    @property
+    def grid(self) -> FaceGrid:
+        return self.view("Faces")
+
+    @property
+    def augment(self) -> AugmentView:
+        return self.view("Augment")
 
     def _open_cell(self, run_id: str, keypoint: str) -> None:
         self.grid.focus(run_id, keypoint)
         self.tabs.active = TABS.index("Faces")
 
+    @in_document
     def _tab_shown(self, event) -> None:
-        view = self._views[event.new]
+        view = self.view(TABS[event.new])
         if hasattr(view, "activate"):
             view.activate()
 

@@ -13,6 +13,7 @@ import param
 from bokeh.models import ColumnDataSource, HoverTool, Legend, LegendItem, Range1d
 from bokeh.plotting import figure
 
+from app.background import in_document
 from app.faces import grey_mapper
 from app.state import Store
 from app.untrusted import html_text, markdown_text
@@ -122,6 +123,10 @@ class DataView(pn.viewable.Viewer):
         return fig
 
     @param.depends("keypoint", watch=True)
+    @in_document
+    def _keypoint_changed(self) -> None:
+        self.update_positions()
+
     def update_positions(self) -> None:
         train = self.store.train
         i = KEYPOINT_NAMES.index(self.keypoint)

@@ -8,13 +8,13 @@ the quickest way to find them in a new data set. The maths is
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import numpy as np
 import panel as pn
 import param
 
+from app.background import compute_then_update, in_document, on_click
 from app.detail import FaceDetail
 from app.faces import FaceCanvas
 from app.state import Store, Unavailable
@@ -38,7 +38,6 @@ class FlipAuditView(pn.viewable.Viewer):
         super().__init__(**params)
         self.store = store
         self.on_open = on_open
-        self._doc = pn.state.curdoc
         self._pending: set[str] = set()
         self._audit = None
         self._full = None  # the audit's table, worst first
@@ -51,14 +50,14 @@ class FlipAuditView(pn.viewable.Viewer):
         w = pn.widgets
         self._start = w.Button(label="Run flip audit", button_type="primary", width=140,
                                css_classes=["fkd-audit-start"])
-        self._start.on_click(lambda _: self.start())
+        on_click(self._start, self.start)
         self._prev = w.Button(label="◀ previous", width=110, css_classes=["fkd-audit-prev"])
         self._next = w.Button(label="next ▶", width=110, css_classes=["fkd-audit-next"])
-        self._prev.on_click(lambda _: self._step(-1))
-        self._next.on_click(lambda _: self._step(+1))
+        on_click(self._prev, lambda: self._step(-1))
+        on_click(self._next, lambda: self._step(+1))
         self._open = w.Button(label="open in augmentation QA", width=200,
                               css_classes=["fkd-audit-open"])
-        self._open.on_click(lambda _: self._open_in_augment())
+        on_click(self._open, self._open_in_augment)
         self._message = Message("fkd-audit-message")
         self._summary = pn.pane.HTML("", css_classes=["fkd-audit-summary"], margin=(0, 10))
         self._header = pn.pane.HTML("", css_classes=["fkd-audit-header"], margin=(0, 10))
@@ -104,7 +103,7 @@ class FlipAuditView(pn.viewable.Viewer):
             self._say(f"No training faces to audit: "
                       f"{self.store.data_error or 'this data has no training.csv'}", "danger")
             return
-        if self.store.audit_ready(run_id) or self._doc is None:
+        if self.store.audit_ready(run_id):
             self._finish(run_id)
             return
         n = int(train.complete.sum())
@@ -113,19 +112,8 @@ class FlipAuditView(pn.viewable.Viewer):
         if run_id in self._pending:
             return
         self._pending.add(run_id)
-        doc = self._doc
-
-        def work():
-            try:
-                self.store.flip_audit(run_id)
-            except Unavailable:
-                pass  # _finish asks again and shows the reason
-            try:
-                doc.add_next_tick_callback(lambda: self._finish(run_id))
-            except Exception:  # the session was closed meanwhile
-                pass
-
-        threading.Thread(target=work, daemon=True, name="fkd-flip-audit").start()
+        store = self.store
+        compute_then_update(lambda: store.flip_audit(run_id), lambda: self._finish(run_id))
 
     def _finish(self, run_id: str) -> None:
         self._pending.discard(run_id)
@@ -143,6 +131,7 @@ class FlipAuditView(pn.viewable.Viewer):
         self._filter()
 
     @param.depends("likely_swaps_only", watch=True)
+    @in_document
     def _filter(self) -> None:
         if self._full is None:
             return
@@ -163,6 +152,7 @@ class FlipAuditView(pn.viewable.Viewer):
         self._results.visible = True
 
     @param.depends("run", watch=True)
+    @in_document
     def _run_changed(self) -> None:
         self._full = self._table = None
         self._results.visible = self._detail_box.visible = False
@@ -178,6 +168,7 @@ class FlipAuditView(pn.viewable.Viewer):
         self.page = int(np.clip(self.page + delta, lo, hi))
 
     @param.depends("page", watch=True)
+    @in_document
     def show_page(self) -> None:
         """Draw one page of the worst rows: the mirrored face, mirrored labels (hollow) and
         the prediction on the mirrored face (filled)."""

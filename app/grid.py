@@ -7,13 +7,13 @@ keeps paging instant on Kaggle-size data.
 
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 
 import numpy as np
 import panel as pn
 import param
 
+from app.background import compute_then_update, in_document, on_click
 from app.detail import FaceDetail
 from app.faces import FaceCanvas
 from app.state import Store, Unavailable
@@ -46,7 +46,6 @@ class FaceGrid(pn.viewable.Viewer):
         self.store = store
         self._on_open_row = on_open_row  # (training.csv row) -> None: open it elsewhere
         self._detail_row: int | None = None
-        self._doc = pn.state.curdoc
         self._order = np.zeros(0, int)
         self._rows = np.zeros(0, int)
         self._err = np.zeros(0)
@@ -61,7 +60,7 @@ class FaceGrid(pn.viewable.Viewer):
             label="open this face in augmentation QA", visible=False,
             css_classes=["fkd-open-augment"],
         )
-        self._to_augment.on_click(self._open_row_elsewhere)
+        on_click(self._to_augment, self._open_row_elsewhere)
         self._modal = pn.Modal(pn.Column(self._to_augment, self.detail), open=False,
                                show_close_button=True, css_classes=["fkd-detail"])
         self._message = Message("fkd-grid-message")
@@ -70,10 +69,10 @@ class FaceGrid(pn.viewable.Viewer):
         w = pn.widgets
         self._prev = w.Button(label="◀ previous", width=110, css_classes=["fkd-prev"])
         self._next = w.Button(label="next ▶", width=110, css_classes=["fkd-next"])
-        self._prev.on_click(lambda _: self._step(-1))
-        self._next.on_click(lambda _: self._step(+1))
+        on_click(self._prev, lambda: self._step(-1))
+        on_click(self._next, lambda: self._step(+1))
         self._shuffle = w.Button(label="shuffle", width=80, visible=False)
-        self._shuffle.on_click(lambda _: setattr(self, "seed", self.seed + 1))
+        on_click(self._shuffle, lambda: setattr(self, "seed", self.seed + 1))
         self._keypoint_select = w.Select.from_param(
             self.param.keypoint, label="Keypoint", width=200, visible=False,
             css_classes=["fkd-keypoint"])
@@ -145,6 +144,7 @@ class FaceGrid(pn.viewable.Viewer):
             return ["all"]
 
     @param.depends("run", "compare", "subset", "sort", "keypoint", "seed", watch=True)
+    @in_document
     def _choices_changed(self) -> None:
         if self._quiet:
             return
@@ -181,7 +181,7 @@ class FaceGrid(pn.viewable.Viewer):
             self._blank()
             return
         waiting = [r for r in self._runs_shown() if not self.store.predictions_ready(r)]
-        if waiting and self._doc is not None:
+        if waiting:
             self._compute_in_background(waiting)
             return
         try:
@@ -228,24 +228,20 @@ class FaceGrid(pn.viewable.Viewer):
         if not todo:
             return
         self._pending.update(todo)
-        doc = self._doc
+        store = self.store
 
         def work():
             for run_id in todo:
                 try:
-                    self.store.predictions(run_id)
+                    store.predictions(run_id)
                 except Unavailable:
                     pass  # the store remembers the reason; _recompute shows it
-            try:
-                doc.add_next_tick_callback(done)
-            except Exception:  # the session was closed meanwhile: nobody to show it to
-                pass
 
         def done():
             self._pending.difference_update(todo)
             self._recompute()
 
-        threading.Thread(target=work, daemon=True, name="fkd-predict").start()
+        compute_then_update(work, done)
 
     # -- paging -------------------------------------------------------------------------
 
@@ -254,11 +250,13 @@ class FaceGrid(pn.viewable.Viewer):
         self.page = int(np.clip(self.page + delta, lo, hi))
 
     @param.depends("page", watch=True)
+    @in_document
     def _page_changed(self) -> None:
         if not self._quiet:
             self.show_page()
 
     @param.depends("page_size", watch=True)
+    @in_document
     def _size_changed(self) -> None:
         if not self._quiet:
             self._recompute()
@@ -370,7 +368,7 @@ class FaceGrid(pn.viewable.Viewer):
         self.detail.show(image, truth, preds, heading)
         self._modal.open = True
 
-    def _open_row_elsewhere(self, event) -> None:
+    def _open_row_elsewhere(self) -> None:
         if self._on_open_row is not None and self._detail_row is not None:
             self._modal.open = False
             self._on_open_row(self._detail_row)

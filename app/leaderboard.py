@@ -24,6 +24,7 @@ from bokeh.models import (
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
+from app.background import in_document
 from app.state import Store
 from app.untrusted import html_text, markdown_text
 from fkd_core.keypoints import KEYPOINT_NAMES
@@ -159,6 +160,10 @@ class Leaderboard(pn.viewable.Viewer):
         self.update_heatmap()
 
     @param.depends("metric", watch=True)
+    @in_document
+    def _metric_changed(self) -> None:
+        self.update_heatmap()
+
     def update_heatmap(self) -> None:
         """Replace the heatmap's data (colour range included); the figure itself stays."""
         data = heatmap_data(self._runs, self.metric)

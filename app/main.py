@@ -12,10 +12,17 @@ if _ROOT not in sys.path:  # `panel serve app/` puts only app/ itself on sys.pat
     sys.path.insert(0, _ROOT)
 
 import panel as pn  # noqa: E402
+from bokeh.settings import settings as bokeh_settings  # noqa: E402
 
+from app.augment_view import warm_up_in_background  # noqa: E402
 from app.dashboard import Dashboard  # noqa: E402
 from app.state import Settings, get_store  # noqa: E402
 
+# Every script and stylesheet (Bokeh's, Panel's, Tabulator's) from this server, never a CDN,
+# whatever BOKEH_RESOURCES says: the page must work offline and leak nothing to third parties.
+bokeh_settings.resources = "server"
 pn.extension("tabulator", "modal", notifications=False)
 
-Dashboard(get_store(Settings.from_args(sys.argv[1:]))).servable(title="fkd dashboard")
+store = get_store(Settings.from_args(sys.argv[1:]))
+warm_up_in_background(store)  # once per process: the first session (or `--warm`) starts it
+Dashboard(store).servable(title="fkd dashboard")

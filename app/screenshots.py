@@ -30,10 +30,13 @@ def launch(playwright):
                                       args=BROWSER_ARGS)
 
 
-def open_page(browser, url: str):
-    """A page on ``url`` and the list its console errors, uncaught exceptions and dialogs
-    (alert, confirm: never wanted, and the sign of injected script) go to."""
+def open_page(browser, url: str, prepare=None):
+    """A page on ``url`` (in a browser context of its own: a session of its own) and the list
+    its console errors, uncaught exceptions and dialogs (alert, confirm: never wanted, and
+    the sign of injected script) go to; ``prepare(page)`` runs before the page loads."""
     page = browser.new_page(viewport=VIEWPORT)
+    if prepare is not None:
+        prepare(page)
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))

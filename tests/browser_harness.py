@@ -52,8 +52,8 @@ def start_server(data, models, log: Path) -> Server:
 class Session:
     """A browser tab on the dashboard; keeps console errors and screenshots."""
 
-    def __init__(self, browser, url: str, shots: Path):
-        self.page, self.errors = ui.open_page(browser, url)
+    def __init__(self, browser, url: str, shots: Path, prepare=None):
+        self.page, self.errors = ui.open_page(browser, url, prepare)
         self.shots = shots
         self.saved: list[Path] = []
 

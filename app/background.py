@@ -1,0 +1,122 @@
+"""How the views change a session's page: slow work off the event loop, and every change of
+Bokeh models made in that session's own document, with its lock held, in one Panel hold.
+
+Three entry points, one mechanism (:func:`_queue`: a next-tick callback of the session's
+document, scheduled through ``pn.state.execute``, whose body runs inside ``pn.io.hold``):
+
+- :func:`compute_then_update` — slow work (predictions, a model, a flip audit, TensorFlow)
+  in a worker thread, then the view's update in the session that asked for it;
+- :func:`on_click` — a button's handler;
+- :func:`in_document` — a decorator for the views' param watchers.
+
+Why each part:
+
+- A worker thread must not call ``doc.add_next_tick_callback`` itself: Bokeh announces the
+  new callback under ``curdoc()`` patched on a process-wide stack
+  (``bokeh.io.doc._PATCHED_CURDOCS``); pushing onto it from another thread interleaves with
+  the event loop's pushes and pops, so for a moment the loop sees another session's
+  document as current. Here the worker only computes; its completion is handled on the
+  event loop thread (an asyncio future's done-callback).
+- Panel runs a click, and a widget change still pending when a click arrives, as an
+  *unlocked* coroutine (``Reactive._server_event`` / ``_event_coroutine``). The views write
+  Bokeh models (a figure's sources) directly, and Bokeh raises ``_pending_writes should be
+  non-None`` for a write without the lock. A next-tick callback runs with the lock.
+- Panel sends its panes' and widgets' changes itself (``pn.io.unlocked``), possibly queued
+  behind a busy websocket, while a direct Bokeh write goes out through Bokeh's own queue: the
+  second can overtake the first, and the browser then meets a model it has not been sent yet
+  (``reference pNNNN isn't known``). Inside ``pn.io.hold`` both kinds of change are collected
+  and sent by Panel, in order.
+
+Without a server (tests, scripts, Panel's warm-up run of the page) everything runs at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import panel as pn
+from panel.io.state import set_curdoc
+
+from app.state import Unavailable
+
+log = logging.getLogger(__name__)
+
+#: The process's workers for every session's slow work (the store makes concurrent requests
+#: for the same run wait for one computation, so a few threads are enough).
+WORKERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fkd-work")
+
+
+def _session_doc():
+    """The current session's document, or None outside a served session."""
+    doc = pn.state.curdoc
+    return doc if doc is not None and doc.session_context is not None else None
+
+
+def _queue(doc, fn: Callable[[], None]) -> None:
+    """Run ``fn`` as the next-tick callback of ``doc`` (locked, ``doc`` current), inside one
+    Panel hold; dropped if the session has closed."""
+    if doc.session_context.destroyed:
+        return
+
+    def held() -> None:
+        with pn.io.hold(doc):
+            fn()
+
+    with set_curdoc(doc):
+        pn.state.execute(held, schedule=True)
+
+
+def compute_then_update(work: Callable[[], object], update: Callable[[], None]) -> None:
+    """Run ``work()`` in a worker thread, then ``update()`` in the calling session.
+
+    ``work`` touches only shared data (the store), never a Bokeh or Panel object; an
+    :class:`~app.state.Unavailable` it raises is expected (the store keeps the reason, and
+    ``update`` asks the store again and shows it).
+    """
+    doc = _session_doc()
+    if doc is None:
+        _run(work)
+        update()
+        return
+    loop = asyncio.get_running_loop()  # a session's callbacks run on the server's loop
+    future = loop.run_in_executor(WORKERS, _run, work)
+    future.add_done_callback(lambda _: _queue(doc, update))  # called on the loop's thread
+
+
+def _run(work: Callable[[], object]) -> None:
+    try:
+        work()
+    except Unavailable:
+        pass
+    except Exception:  # update() meets it again and shows it
+        log.exception("background work failed")
+
+
+def on_click(button, handler: Callable[[], None]) -> None:
+    """``button.on_click(handler)``, the handler run as described in the module docstring."""
+    def clicked(_event) -> None:
+        doc = _session_doc()
+        if doc is None:
+            handler()
+        else:
+            _queue(doc, handler)
+
+    button.on_click(clicked)
+
+
+def in_document(method):
+    """Decorator for a view's param watchers (and other change handlers) that write Bokeh
+    models: the call runs as described in the module docstring."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        doc = _session_doc()
+        if doc is None:
+            return method(self, *args, **kwargs)
+        _queue(doc, functools.partial(method, self, *args, **kwargs))
+        return None
+
+    return wrapper
