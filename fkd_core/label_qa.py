@@ -26,7 +26,13 @@ import numpy as np
 import pandas as pd
 
 from fkd_core.audit import swap_labels
-from fkd_core.keypoints import FLIP_PERMUTATION, KEYPOINT_NAMES, N_KEYPOINTS, as_points
+from fkd_core.keypoints import (
+    FLIP_PERMUTATION,
+    KEYPOINT_NAMES,
+    N_KEYPOINTS,
+    as_points,
+    column_indices,
+)
 
 COLUMNS = ("row", "line", "keypoint", "reason", "score", "suggested_x", "suggested_y")
 #: Below these scores nothing is reported (robust standard deviations).
@@ -58,10 +64,11 @@ def prediction_suspects(pred: np.ndarray, truth: np.ndarray, row_ids: np.ndarray
     """Swaps (whole face, then single pairs) and residuals of labels against predictions."""
     pred_pts, truth_pts = as_points(pred), as_points(truth)
     dist = np.linalg.norm(truth_pts - pred_pts, axis=2)  # (N, 15), NaN where unlabelled
-    scale = residual_scale(dist)
-    z = dist / scale
-    swapped = as_points(swap_labels(truth))
-    z_sw = np.linalg.norm(swapped - pred_pts, axis=2) / scale
+    dist_sw = np.linalg.norm(as_points(swap_labels(truth)) - pred_pts, axis=2)
+    # The ordinary spread, measured as if every swap were undone: swapped labels must not
+    # widen the yardstick they are measured with.
+    scale = residual_scale(np.fmin(dist, dist_sw))
+    z, z_sw = dist / scale, dist_sw / scale
     explained = np.zeros_like(z, bool)
     out = []
     left = np.array([i for i, _ in _PAIRS])
@@ -182,8 +189,12 @@ def duplicate_suspects(images: np.ndarray, truth: np.ndarray, row_ids: np.ndarra
         both = np.isfinite(labels).all(axis=0)
         if not both.any():
             continue
-        spread = np.sqrt(np.mean((labels[:, both] - labels[:, both].mean(axis=0)) ** 2))
-        score = spread / max(scale, _MIN_SCALE)
+        # Two labellings of one image differ per coordinate by noise of sd sigma * sqrt(2);
+        # sqrt(chi-square) - sqrt(dof) is then about a standard normal score.
+        sigma = max(scale, _MIN_SCALE) / 1.745  # scale is the 2-D distance yardstick
+        diff = labels[:, both] - labels[0, both]
+        chi2 = (diff[1:] ** 2).sum(axis=1).max() / (2 * sigma**2)
+        score = np.sqrt(chi2) - np.sqrt(both.sum())
         if score < DUPLICATE_MIN:
             continue
         if pred is not None:
@@ -211,9 +222,11 @@ def find_suspects(images: np.ndarray, truth: np.ndarray, row_ids: np.ndarray,
     parts.append(duplicate_suspects(images, truth, row_ids, pred, scale))
     found = pd.concat(parts, ignore_index=True)
     found = found.sort_values("score", ascending=False, kind="stable")
-    # One mistake, one row: a face-level swap explains its face's other suspects, and a
+    # One mistake, one row: a face-level swap or a differently labelled duplicate explains
+    # its face's other suspects, and a
     # prediction's specific finding explains that face's shape and order oddities.
-    whole_swap = found.row[(found.keypoint == "") & found.reason.str.startswith("swap")]
+    whole_swap = found.row[(found.keypoint == "")
+                           & found.reason.str.startswith(("swap", "duplicate"))]
     found = found[(found.keypoint == "") | ~found.row.isin(whole_swap)]
     specific = found.row[found.reason.str.startswith(("swap", "residual"))]
     generic = found.reason.str.startswith(("shape", "order"))
@@ -258,3 +271,46 @@ def out_of_fold_predictions(data, config, folds: int, *, seed: int = 0,
     if progress:
         progress(folds, folds)
     return pred
+
+
+def plant_errors(truth: np.ndarray, images: np.ndarray, complete: np.ndarray, seed: int = 0,
+                 n: int = 4):
+    """Known mistakes in a copy of the labels (and images), to measure the finder: whole-face
+    and single-pair left/right swaps, keypoints moved 8-15 px, images duplicated with other
+    labels. Returns (labels, images, [(row position, keypoint or '' for the face), ...])."""
+    rng = np.random.default_rng(seed)
+    truth, images = truth.copy(), images.copy()
+    planted = []
+    rows = rng.permutation(np.flatnonzero(complete))
+    swaps, pairs, moved, dups = np.cumsum([n, n, 2 * n, n])
+    for r in rows[:swaps]:  # whole-face left/right swaps
+        truth[r] = swap_labels(truth[r])
+        planted.append((r, ""))
+    cols = column_indices(["mouth_left_corner", "mouth_right_corner"])
+    for r in rows[swaps:pairs]:  # one pair swapped
+        truth[r, cols] = truth[r, cols[[2, 3, 0, 1]]]
+        planted.append((r, "mouth_left_corner"))
+    for r in rows[pairs:moved]:  # one keypoint moved 8-15 px
+        k = int(rng.integers(15))
+        angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(8, 15)
+        truth[r, 2 * k] += dist * np.cos(angle)
+        truth[r, 2 * k + 1] += dist * np.sin(angle)
+        planted.append((r, KEYPOINT_NAMES[k]))
+    for a, b in zip(rows[moved:dups], rows[dups:dups + n]):  # one image twice, other labels
+        images[b] = images[a]
+        truth[b] = truth[a] + rng.choice([-1, 1], size=30) * 4.0
+        planted.append((b, ""))
+    return truth, images, planted
+
+
+def recall(suspects: pd.DataFrame, planted, row_ids: np.ndarray, top: int | None = None
+           ) -> float:
+    """Share of planted errors found among the first ``top`` (default 2 × number planted)
+    suspects: the face's row with the planted keypoint, or a whole-face suspect of that row."""
+    top = suspects.head(2 * len(planted) if top is None else top)
+    found = 0
+    for pos, keypoint in planted:
+        hits = top[top.row == row_ids[pos]]
+        found += bool(len(hits)) and (keypoint == "" or keypoint in set(hits.keypoint)
+                                      or "" in set(hits.keypoint))
+    return found / len(planted)
