@@ -223,8 +223,8 @@ def find_suspects(images: np.ndarray, truth: np.ndarray, row_ids: np.ndarray,
     found = pd.concat(parts, ignore_index=True)
     found = found.sort_values("score", ascending=False, kind="stable")
     # One mistake, one row: a face-level swap or a differently labelled duplicate explains
-    # its face's other suspects, and a
-    # prediction's specific finding explains that face's shape and order oddities.
+    # its face's other suspects, and a prediction's specific finding explains that face's
+    # shape and order oddities.
     whole_swap = found.row[(found.keypoint == "")
                            & found.reason.str.startswith(("swap", "duplicate"))]
     found = found[(found.keypoint == "") | ~found.row.isin(whole_swap)]
