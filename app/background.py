@@ -78,11 +78,14 @@ def compute_then_update(work: Callable[[], object], update: Callable[[], None]) 
     ``update`` asks the store again and shows it).
     """
     doc = _session_doc()
+    try:
+        loop = asyncio.get_running_loop()  # a session's callbacks run on the server's loop
+    except RuntimeError:  # a document built with no loop running (Panel's --warm run)
+        doc = None
     if doc is None:
         _run(work)
         update()
         return
-    loop = asyncio.get_running_loop()  # a session's callbacks run on the server's loop
     future = loop.run_in_executor(WORKERS, _run, work)
     future.add_done_callback(lambda _: _queue(doc, update))  # called on the loop's thread
 
