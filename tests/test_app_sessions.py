@@ -173,3 +173,19 @@ def test_page_needs_nothing_but_its_server(browser, served, tmp_path):
     assert not failed and not missing, f"failed: {failed}; missing: {missing}"
     s.check_console()
     s.page.context.close()
+
+
+def test_a_session_made_by_its_websocket_uses_the_servers_stylesheets(served):
+    """Under load a page's websocket can arrive after Bokeh dropped the session its GET made
+    (unused for 15 s); Bokeh then makes the session from the websocket, without the page
+    template, and every stylesheet must still come from this server, not a CDN."""
+    import panel.models  # noqa: F401  (Panel's Bokeh models, to read the document)
+    import panel.models.tabulator  # noqa: F401
+    from bokeh.client import pull_session
+    from bokeh.models import ImportedStyleSheet
+
+    url, _ = served
+    with pull_session(url=f"{url}app") as session:
+        found = {s.url for s in session.document.select({"type": ImportedStyleSheet})}
+    outside = sorted(u for u in found if u.startswith(("http:", "https:", "//")))
+    assert found and not outside, f"stylesheets from another host: {outside}"
