@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import browser_harness
@@ -184,8 +185,12 @@ def test_a_session_made_by_its_websocket_uses_the_servers_stylesheets(served):
     from bokeh.client import pull_session
     from bokeh.models import ImportedStyleSheet
 
+    def stylesheets() -> set[str]:
+        with pull_session(url=f"{url}app") as session:
+            return {s.url for s in session.document.select({"type": ImportedStyleSheet})}
+
     url, _ = served
-    with pull_session(url=f"{url}app") as session:
-        found = {s.url for s in session.document.select({"type": ImportedStyleSheet})}
+    with ThreadPoolExecutor(1) as pool:  # a thread of its own: Playwright owns this one's loop
+        found = pool.submit(stylesheets).result(timeout=120)
     outside = sorted(u for u in found if u.startswith(("http:", "https:", "//")))
     assert found and not outside, f"stylesheets from another host: {outside}"
