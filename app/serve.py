@@ -36,7 +36,10 @@ def panel_args(data: str | os.PathLike | None = None, models: str | os.PathLike 
     """``panel``'s arguments: ``serve app/ ... --args ...`` (localhost unless told)."""
     # --warm: run the page once at start-up, so the data is loaded and TensorFlow warms up
     # (app/main.py) before the first session, not during it
-    args = ["serve", str(APP_DIR), "--port", str(port), "--address", address, "--warm"]
+    # --unused-session-lifetime: a loaded server may take longer than Bokeh's 15 s between
+    # sending a page and its websocket connecting; an expired session is rebuilt from scratch
+    args = ["serve", str(APP_DIR), "--port", str(port), "--address", address, "--warm",
+            "--unused-session-lifetime", "60000"]
     origins = list(allow_origin or [])
     if address not in LOOPBACK and not origins:
         origins = [f"{socket.gethostname()}:{port}", f"{address}:{port}"]
