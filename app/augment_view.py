@@ -277,18 +277,20 @@ class AugmentView(pn.viewable.Viewer):
         return (AugmentConfig.none() if all_off else AugmentConfig()).to_dict()
 
     def _transform_widgets(self):
-        """One number box per setting: a single Bokeh model each (a slider with its own box
-        is five), which halves the tab's build time — it opens in well under a second."""
-        rows = []
+        """One number box per setting, a transform's probability and strength side by side in
+        one grid: a single Bokeh model per setting and one layout (editable sliders in a row
+        per transform were five times as many models), so the tab opens in well under a
+        second."""
+        cells = []
         for label, prob, strengths in transform_groups():
-            cells = [pn.pane.HTML(f"<b>{label}</b>", width=80, margin=(22, 5, 0, 10))]
-            for name in (prob, *strengths):
-                caption = "probability" if name == prob else name
+            for name in (prob, *strengths)[:2]:
+                caption = f"{label} probability" if name == prob else name
                 cells.append(pn.widgets.FloatInput.from_param(
-                    self.settings.param[name], name=caption, width=120, start=0.0,
-                    css_classes=[f"fkd-aug-{name}"], margin=(0, 5)))
-            rows.append(pn.Row(*cells, margin=0))
-        return pn.Column(*rows, margin=0)
+                    self.settings.param[name], name=caption, width=150, start=0.0,
+                    css_classes=[f"fkd-aug-{name}"], margin=(0, 10)))
+            if not strengths:
+                cells.append(pn.Spacer(width=150))
+        return pn.GridBox(*cells, ncols=2, margin=0)
 
     # -- choices ------------------------------------------------------------------------
 
