@@ -93,6 +93,7 @@ class Tally:
         self.console: list[str] = []
         self.failures: list[str] = []
         self.sessions_done = 0
+        self.evidence: Path | None = None  # where stuck browser pages are photographed
 
     def summary(self) -> dict:
         return {"actions": {a: stats(self.times.get(a, [])) for a in ACTIONS},
@@ -161,10 +162,11 @@ async def sample_rss(pid: int, peak: list[float]) -> None:
         await asyncio.sleep(0.5)
 
 
-def log_errors(log: Path) -> list[str]:
-    """The server log's errors: each traceback as its last frame and exception line, and other
-    lines naming ERROR or RuntimeError."""
-    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+def log_errors(log: Path, start: int = 0, end: int | None = None) -> list[str]:
+    """The server log's errors (from byte ``start`` to ``end``): each traceback as its last
+    frame and exception line, and other lines naming ERROR or RuntimeError."""
+    raw = log.read_bytes()[start:end] if log.is_file() else b""
+    lines = raw.decode(errors="replace").splitlines()
     out, i = [], 0
     while i < len(lines):
         line = lines[i]
@@ -237,6 +239,21 @@ class BrowserSession:
             self.tally.stuck.append(f"{self.label}: {name} took {took:.1f} s")
         return out
 
+    async def keep_evidence(self) -> None:
+        """A screenshot and the visible text of a stuck page, beside the server logs."""
+        if self.tally.evidence is None:
+            return
+        name = self.label.replace(" ", "-")
+        try:
+            self.tally.evidence.mkdir(parents=True, exist_ok=True)
+            await self.page.screenshot(path=str(self.tally.evidence / f"{name}.png"),
+                                       full_page=True, timeout=30_000)
+            text = await self.page.locator("body").first.evaluate(TEXT_JS, timeout=30_000)
+            (self.tally.evidence / f"{name}.txt").write_text(" ".join(text.split()))
+            self.tally.stuck[-1] += f" [evidence: {self.tally.evidence / name}.png]"
+        except Exception as exc:  # evidence is a bonus; the stuck view is already counted
+            self.tally.stuck[-1] += f" [no screenshot: {type(exc).__name__}]"
+
     def cross(self, what: str) -> None:
         self.tally.cross.append(f"{self.label}: {what}")
 
@@ -264,7 +281,7 @@ class BrowserSession:
             await self.sequence(ui)
             self.tally.sessions_done += 1
         except Stuck:
-            pass
+            await self.keep_evidence()
         finally:
             listening[0] = False
             await ctx.close()
@@ -691,6 +708,7 @@ async def run_one(mode: str, n: int, args, data: Path, models: Path, deadline: f
             await BrowserSession(browser, url, warm, "warm-up", (300, 300)).run()
             result["cold"] = warm.summary()
             tally = Tally()
+            tally.evidence = args.work / f"stuck-{mode}-{n}"
             budget = max(10.0, min(args.run_seconds, deadline - time.time()))
             if mode == "a":
                 sessions = [BrowserSession(browser, url, tally, f"browser {i + 1}",
@@ -746,8 +764,10 @@ async def run_one(mode: str, n: int, args, data: Path, models: Path, deadline: f
         sampler.cancel()
         result["rss_peak_mb"] = round(max(peak[0], result["rss_end_mb"]))
         result["wall_s"] = round(time.perf_counter() - t_run, 1)
+        served = log.stat().st_size if log.is_file() else 0
         server.stop()
-        result["server_errors"] = log_errors(log)
+        result["server_errors"] = log_errors(log, 0, served)
+        result["server_errors_at_shutdown"] = log_errors(log, served)
         result["server_log"] = str(log)
     return result
 
@@ -775,6 +795,8 @@ def print_run(r: dict) -> None:
                   f"{fmt_ms(s.get('p95')):>9} {fmt_ms(s.get('max')):>9}")
     proto = r.get("protocol", {})
     for name, items in (("server errors", r["server_errors"]),
+                        ("server errors while it stopped (after SIGTERM)",
+                         r.get("server_errors_at_shutdown", [])),
                         ("console errors", r["console_errors"]),
                         ("protocol sessions' patch errors (their console errors)",
                          proto.get("console_errors", [])),
