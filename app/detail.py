@@ -7,7 +7,7 @@ import panel as pn
 import param
 from bokeh.models import ColumnDataSource, HoverTool
 
-from app.faces import COLOURS, NAMES, face_figure
+from app.faces import COLOURS, NAMES, face_figure, in_frame
 from app.untrusted import html_text
 from fkd_core.keypoints import IMAGE_SIZE, KEYPOINT_NAMES, N_KEYPOINTS
 
@@ -56,11 +56,11 @@ class FaceDetail(pn.viewable.Viewer):
         errors = []
         for (run_id, pred), marker in zip(runs, markers):
             pp = pred.reshape(N_KEYPOINTS, 2)
-            _add_points(pts, np.clip(pp, -0.5, IMAGE_SIZE - 0.5), marker, 9, 1.0,
+            _add_points(pts, in_frame(pp), marker, 9, 1.0,
                         f"predicted by {run_id}")
             if tp is not None:
                 ok = np.isfinite(tp).all(axis=1)
-                clipped = np.clip(pp, -0.5, IMAGE_SIZE - 0.5)
+                clipped = in_frame(pp)
                 seg["x0"] += list(tp[ok, 0])
                 seg["y0"] += list(tp[ok, 1])
                 seg["x1"] += list(clipped[ok, 0])

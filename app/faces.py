@@ -18,7 +18,7 @@ from bokeh.models import (
 from bokeh.palettes import Greys256
 from bokeh.plotting import figure
 
-from fkd_core.keypoints import IMAGE_SIZE, KEYPOINT_COLOURS, KEYPOINT_NAMES, N_KEYPOINTS
+from fkd_core.keypoints import FRAME, IMAGE_SIZE, KEYPOINT_COLOURS, KEYPOINT_NAMES, N_KEYPOINTS
 
 COLOURS = np.array([KEYPOINT_COLOURS[n] for n in KEYPOINT_NAMES])
 NAMES = np.array(KEYPOINT_NAMES)
@@ -39,7 +39,7 @@ def grey_mapper() -> LinearColorMapper:
 def face_figure(source: ColumnDataSource, scale: float, css_class: str):
     """One bare face at ``scale`` screen pixels per image pixel, pixel centres on integers."""
     fig = figure(
-        x_range=Range1d(-0.5, IMAGE_SIZE - 0.5), y_range=Range1d(IMAGE_SIZE - 0.5, -0.5),
+        x_range=Range1d(*FRAME), y_range=Range1d(FRAME[1], FRAME[0]),
         frame_width=int(IMAGE_SIZE * scale), frame_height=int(IMAGE_SIZE * scale),
         toolbar_location=None, tools="", min_border=0, outline_line_color=None,
         css_classes=[css_class],
@@ -125,7 +125,7 @@ class FaceCanvas:
             "image": list(images), "x": ox - 0.5, "y": oy - 0.5,
             "dw": np.full(n, IMAGE_SIZE), "dh": np.full(n, IMAGE_SIZE),
         }
-        pred_pts = _in_frame(pred.reshape(n, N_KEYPOINTS, 2))
+        pred_pts = in_frame(pred.reshape(n, N_KEYPOINTS, 2))
         self.pred.data = _points(pred_pts, ox, oy)
         if truth is None:
             self.truth.data = dict(_EMPTY_POINTS)
@@ -147,9 +147,10 @@ class FaceCanvas:
         self.cells.data = {"left": [], "right": [], "top": [], "bottom": []}
 
 
-def _in_frame(points: np.ndarray) -> np.ndarray:
-    """Predictions far off the face are drawn on its border, not over the neighbouring face."""
-    return np.clip(points, -0.5, IMAGE_SIZE - 0.5)
+def in_frame(points: np.ndarray) -> np.ndarray:
+    """Predictions far off the face are drawn on its border (the frame every part of fkd
+    uses), not over the neighbouring face."""
+    return np.clip(points, *FRAME)
 
 
 def _points(points: np.ndarray, ox: np.ndarray, oy: np.ndarray) -> dict:

@@ -48,10 +48,14 @@ def leaderboard_frame(runs) -> pd.DataFrame:
             "train min": round(r.config.get("train_seconds", 0.0) / 60.0, 1),
             "val RMSE": r.metrics.get("val_rmse"),
             "flip-TTA RMSE": r.metrics.get("val_rmse_tta"),
+            "hold-out RMSE": r.metrics.get("holdout_rmse"),
+            "hold-out TTA": r.metrics.get("holdout_rmse_tta"),
         })
     frame = pd.DataFrame(rows, columns=[
         "run", "kind", "arch", "head", "width", "params", "epochs", "train min", "val RMSE",
-        "flip-TTA RMSE"])
+        "flip-TTA RMSE", "hold-out RMSE", "hold-out TTA"])
+    if frame["hold-out RMSE"].isna().all():  # no run set rows aside: no empty columns
+        frame = frame.drop(columns=["hold-out RMSE", "hold-out TTA"])
     return frame.sort_values("val RMSE", na_position="last").reset_index(drop=True)
 
 
@@ -91,6 +95,8 @@ class Leaderboard(pn.viewable.Viewer):
                 **{c: {"type": "plaintext"} for c in ("run", "kind", "arch", "head")},
                 "val RMSE": {"type": "money", "precision": 3, "symbol": ""},
                 "flip-TTA RMSE": {"type": "money", "precision": 3, "symbol": ""},
+                "hold-out RMSE": {"type": "money", "precision": 3, "symbol": ""},
+                "hold-out TTA": {"type": "money", "precision": 3, "symbol": ""},
                 "params": {"type": "money", "precision": 0, "thousand": ",", "symbol": ""},
             },
         )

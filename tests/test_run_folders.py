@@ -353,3 +353,31 @@ def test_dashboard_store_lists_a_bad_config_as_broken(good, demo_dir, tmp_path):
     assert [r.id for r in store.ok_runs()] == ["fine"]
     (broken,) = [r for r in store.runs() if not r.ok]
     assert broken.id == "bad-config" and "train_seconds must be a number" in broken.error
+
+
+def test_leaderboard_shows_holdout_beside_validation(good, data, tmp_path):
+    from app.leaderboard import leaderboard_frame
+
+    plain = runs.resolve(train(data.train, TrainConfig(**TINY), tmp_path, run_id="no-holdout",
+                               verbose=0))
+    frame = leaderboard_frame([good, plain]).set_index("run")
+    assert frame.loc["good", "hold-out RMSE"] == pytest.approx(good.metrics["holdout_rmse"])
+    assert frame.loc["good", "hold-out TTA"] == pytest.approx(good.metrics["holdout_rmse_tta"])
+    assert np.isnan(frame.loc["no-holdout", "hold-out RMSE"])
+    assert "hold-out RMSE" not in leaderboard_frame([plain]).columns
+
+
+def test_one_frame_for_submission_augmentation_and_display():
+    from app.faces import in_frame as drawn
+    from fkd_core.keypoints import FRAME, clip_to_frame, in_frame
+
+    pts = np.array([[-3.0, 10.0], [95.4, 95.6], [50.0, -0.4]] + [[40.0, 40.0]] * 12)
+    flat = pts.reshape(1, 30)
+    inside = in_frame(flat)[0]
+    assert inside.tolist() == [False, False, True] + [True] * 12
+    clipped = clip_to_frame(flat)[0].reshape(15, 2)
+    np.testing.assert_allclose(clipped, drawn(pts))
+    assert in_frame(clip_to_frame(flat)).all()
+    np.testing.assert_allclose(clipped[:2], [[FRAME[0], 10.0], [95.4, FRAME[1]]])
+    shifted = clip_to_frame(flat, label_offset=1.0)[0].reshape(15, 2)
+    assert shifted[1, 0] == pytest.approx(95.4) and shifted[0, 0] == FRAME[0] + 1.0
