@@ -381,3 +381,20 @@ def test_one_frame_for_submission_augmentation_and_display():
     np.testing.assert_allclose(clipped[:2], [[FRAME[0], 10.0], [95.4, FRAME[1]]])
     shifted = clip_to_frame(flat, label_offset=1.0)[0].reshape(15, 2)
     assert shifted[1, 0] == pytest.approx(95.4) and shifted[0, 0] == FRAME[0] + 1.0
+
+
+def test_keras_floor_is_past_every_published_safe_mode_bypass():
+    """CVE-2025-1550 (fixed 3.9), CVE-2025-8747 and CVE-2025-9906 (3.11), CVE-2026-1462
+    (3.12.1 / 3.14): no Keras that the package admits, nor the one installed, predates them."""
+    import importlib.metadata as metadata
+
+    import keras
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    (keras_req,) = [Requirement(r) for r in metadata.requires("fkd")
+                    if Requirement(r).name == "keras"]
+    for unsafe in ("3.6.0", "3.8.0", "3.10.0", "3.11.3", "3.12.0", "3.13.1"):
+        assert not keras_req.specifier.contains(unsafe), unsafe
+    assert keras_req.specifier.contains("3.14.0")
+    assert Version(keras.__version__) >= Version("3.14")
