@@ -520,8 +520,11 @@ class ProtocolSession:
         try:
             out = await asyncio.wait_for(fn(), self.wait_s + 5)
         except (Stuck, asyncio.TimeoutError) as exc:
+            seen = {c: self.text(c)[:120] for c in ("fkd-grid-header", "fkd-grid-message")
+                    if self.doc is not None and self.find(c) is not None}
             self.tally.stuck.append(f"{self.label}: {name} never done, gave up after "
-                                    f"{time.perf_counter() - t0:.1f} s {exc}".rstrip())
+                                    f"{time.perf_counter() - t0:.1f} s {exc} "
+                                    f"(its document: {seen or 'no grid'})")
             raise Stuck from exc
         took = time.perf_counter() - t0
         self.tally.times[name].append(1000 * took)
