@@ -9,6 +9,8 @@ Chromium, importing this skips the importing module on a workstation and fails i
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,29 @@ def session(browser, server, tmp_path):
 def choose(page, css_class: str, label: str) -> None:
     """Pick an option of one of the page's Select widgets (found by its CSS class)."""
     page.locator(f".{css_class} select").select_option(label=label)
+
+
+TINY_RUN = ["--arch", "simple", "--head", "regression", "--epochs", "1", "--steps-per-epoch",
+            "2"]
+
+
+def train_run(data, models: Path, run_id: str, *options: str) -> Path:
+    """A real run made by ``fkd train`` as a user would (tiny unless ``options`` say more)."""
+    subprocess.run(
+        [sys.executable, "-m", "fkd_core.cli", "train", "--data", str(data),
+         *(options or TINY_RUN), "--models", str(models), "--run-id", run_id],
+        check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
+    )
+    return models / run_id
+
+
+def heatmap_cell(page, run: str, keypoint: str) -> list[float]:
+    """Page coordinates of the leaderboard heatmap's (run, keypoint) cell."""
+    return page.evaluate("""([run, keypoint]) => {
+        const fig = Bokeh.documents[0].get_model_by_name('fkd-heatmap');
+        const view = Bokeh.index.find_one(fig);
+        const box = view.el.getBoundingClientRect();
+        const x = view.frame.x_scale.compute(fig.x_range.synthetic(keypoint));
+        const y = view.frame.y_scale.compute(fig.y_range.synthetic(run));
+        return [box.x + x, box.y + y];
+    }""", [run, keypoint])

@@ -42,12 +42,9 @@ def models(tmp_path_factory, demo_dir) -> Path:
     """Two tiny real runs (to compare), a corrupt folder and an unloadable model."""
     out = tmp_path_factory.mktemp("models")
     for run_id, seed in ((RUN, 0), (OTHER, 1)):
-        subprocess.run(
-            [sys.executable, "-m", "fkd_core.cli", "train", "--data", str(demo_dir),
-             "--arch", "simple", "--head", "regression", "--epochs", "1", "--steps-per-epoch",
-             "3", "--seed", str(seed), "--models", str(out), "--run-id", run_id],
-            check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
-        )
+        browser_harness.train_run(demo_dir, out, run_id, "--arch", "simple", "--head",
+                                  "regression", "--epochs", "1", "--steps-per-epoch", "3",
+                                  "--seed", str(seed))
     _set_val_rmse(out / OTHER, json.loads((out / RUN / "metrics.json").read_text())["val_rmse"]
                   + 0.5)  # second on the leaderboard: RUN stays every view's default
     broken = out / "broken-model"
@@ -118,14 +115,7 @@ def test_leaderboard_lists_runs_heatmap_and_broken_folders(session):
 def test_heatmap_cell_opens_grid_sorted_by_that_keypoint(session, models):
     s = session
     s.page.locator(".fkd-leaderboard").get_by_text(RUN, exact=True).wait_for()
-    point = s.page.evaluate("""([run, keypoint]) => {
-        const fig = Bokeh.documents[0].get_model_by_name('fkd-heatmap');
-        const view = Bokeh.index.find_one(fig);
-        const box = view.el.getBoundingClientRect();
-        const x = view.frame.x_scale.compute(fig.x_range.synthetic(keypoint));
-        const y = view.frame.y_scale.compute(fig.y_range.synthetic(run));
-        return [box.x + x, box.y + y];
-    }""", [RUN, "nose_tip"])
+    point = browser_harness.heatmap_cell(s.page, RUN, "nose_tip")
     s.page.mouse.click(*point)
     s.page.locator(".bk-tab.bk-active", has_text="Faces").wait_for()
     captions = ui.wait_for_faces(s.page)

@@ -6,11 +6,8 @@ trained with non-default augmentation settings.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -41,13 +38,9 @@ def models(tmp_path_factory, demo_dir) -> Path:
     """A tiny real resnet (several conv layers) and a run whose model will not load."""
     out = tmp_path_factory.mktemp("models")
     aug = [a for k, v in RUN_AUGMENT.items() for a in ("--aug", f"{k}={v:g}")]
-    subprocess.run(
-        [sys.executable, "-m", "fkd_core.cli", "train", "--data", str(demo_dir), "--arch",
-         "resnet", "--head", "heatmap", "--width", "0.125", "--epochs", "1",
-         "--steps-per-epoch", "2", "--batch-size", "16", *aug, "--models", str(out),
-         "--run-id", RUN],
-        check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
-    )
+    browser_harness.train_run(demo_dir, out, RUN, "--arch", "resnet", "--head", "heatmap",
+                              "--width", "0.125", "--epochs", "1", "--steps-per-epoch", "2",
+                              "--batch-size", "16", *aug)
     unloadable = out / "unloadable"
     shutil.copytree(out / RUN, unloadable)
     with zipfile.ZipFile(unloadable / "model.keras", "w") as zf:

@@ -9,10 +9,7 @@ outside the server, and nothing may fail to load.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,12 +29,7 @@ browser = browser_harness.browser
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, demo_dir) -> Path:
     out = tmp_path_factory.mktemp("models")
-    subprocess.run(
-        [sys.executable, "-m", "fkd_core.cli", "train", "--data", str(demo_dir),
-         "--arch", "simple", "--head", "regression", "--epochs", "1", "--steps-per-epoch", "2",
-         "--models", str(out), "--run-id", RUN],
-        check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
-    )
+    browser_harness.train_run(demo_dir, out, RUN)
     return out
 
 

@@ -9,10 +9,7 @@ valid name, which every view can choose.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import browser_harness
@@ -52,12 +49,7 @@ def _poison(folder: Path, run_id: str) -> None:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, demo_dir) -> Path:
     out = tmp_path_factory.mktemp("models")
-    subprocess.run(
-        [sys.executable, "-m", "fkd_core.cli", "train", "--data", str(demo_dir),
-         "--arch", "simple", "--head", "regression", "--epochs", "1", "--steps-per-epoch", "2",
-         "--models", str(out), "--run-id", RUN],
-        check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True,
-    )
+    browser_harness.train_run(demo_dir, out, RUN)
     for name in (EVIL, HOSTILE_ID):
         shutil.copytree(out / RUN, out / name)
         _poison(out / name, name)
@@ -136,14 +128,7 @@ def test_hostile_names_and_config_strings_stay_text(session, models):
         broken = s.page.locator(".fkd-broken-runs")
         broken.wait_for()
         s.check(HOSTILE_ID in broken.inner_text(), "the refused folder is listed by name")
-    point = s.page.evaluate("""([run, keypoint]) => {
-        const fig = Bokeh.documents[0].get_model_by_name('fkd-heatmap');
-        const view = Bokeh.index.find_one(fig);
-        const box = view.el.getBoundingClientRect();
-        const x = view.frame.x_scale.compute(fig.x_range.synthetic(keypoint));
-        const y = view.frame.y_scale.compute(fig.y_range.synthetic(run));
-        return [box.x + x, box.y + y];
-    }""", [first, "nose_tip"])
+    point = browser_harness.heatmap_cell(s.page, first, "nose_tip")
     s.page.mouse.move(point[0] - 3, point[1])
     s.page.mouse.move(*point)
     values = s.page.locator(".bk-tooltip-row-value")
