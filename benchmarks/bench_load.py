@@ -95,6 +95,12 @@ class Tally:
         self.sessions_done = 0
         self.evidence: Path | None = None  # where stuck browser pages are photographed
 
+    def record(self, label: str, name: str, took: float, stuck_s: float) -> None:
+        """One finished action's time; slower than ``stuck_s`` also counts as stuck."""
+        self.times[name].append(1000 * took)
+        if took > stuck_s:
+            self.stuck.append(f"{label}: {name} took {took:.1f} s")
+
     def summary(self) -> dict:
         return {"actions": {a: stats(self.times.get(a, [])) for a in ACTIONS},
                 "stuck": self.stuck, "cross_session": self.cross, "console_errors": self.console,
@@ -233,10 +239,7 @@ class BrowserSession:
                                     f"{time.perf_counter() - t0:.1f} s ({type(exc).__name__}: "
                                     f"{why})")
             raise Stuck from exc
-        took = time.perf_counter() - t0
-        self.tally.times[name].append(1000 * took)
-        if took > self.stuck_s:
-            self.tally.stuck.append(f"{self.label}: {name} took {took:.1f} s")
+        self.tally.record(self.label, name, time.perf_counter() - t0, self.stuck_s)
         return out
 
     async def keep_evidence(self) -> None:
@@ -526,10 +529,7 @@ class ProtocolSession:
                                     f"{time.perf_counter() - t0:.1f} s {exc} "
                                     f"(its document: {seen or 'no grid'})")
             raise Stuck from exc
-        took = time.perf_counter() - t0
-        self.tally.times[name].append(1000 * took)
-        if took > self.stuck_s:
-            self.tally.stuck.append(f"{self.label}: {name} took {took:.1f} s")
+        self.tally.record(self.label, name, time.perf_counter() - t0, self.stuck_s)
         return out
 
     async def cycle(self, first: bool, pause) -> None:
