@@ -534,7 +534,7 @@ def labels_audit_cmd(
 ):
     """List suspicious labels, most suspicious first: residuals, swaps, shapes, duplicates."""
     from fkd_core import label_qa
-    from fkd_core.files import check_output_file
+    from fkd_core.files import atomic_write, check_output_file
     from fkd_core.training import TrainConfig
 
     if (folds is None) == (run is None):
@@ -562,8 +562,6 @@ def labels_audit_cmd(
         fail(str(exc))
     suspects = label_qa.find_suspects(train_set.images, train_set.keypoints, train_set.row_ids,
                                       pred, limit=limit)
-    from fkd_core.files import atomic_write
-
     with atomic_write(output, encoding="utf-8", newline="") as f:
         suspects.to_csv(f, index=False, float_format="%.3f")
     counts = suspects.reason.str.split(":").str[0].value_counts()

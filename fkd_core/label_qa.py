@@ -52,22 +52,28 @@ def _suspects(rows, keypoints, reasons, scores, suggested=None) -> pd.DataFrame:
     }, columns=list(COLUMNS))
 
 
-def residual_scale(distance: np.ndarray) -> np.ndarray:
-    """Per keypoint (15,), the robust spread of label-to-prediction distances (px)."""
+def _distances(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(label-to-prediction distance, the same with left/right names exchanged), (N, 15) px."""
+    pred_pts = as_points(pred)
+    return (np.linalg.norm(as_points(truth) - pred_pts, axis=2),
+            np.linalg.norm(as_points(swap_labels(truth)) - pred_pts, axis=2))
+
+
+def residual_scale(dist: np.ndarray, dist_swapped: np.ndarray) -> np.ndarray:
+    """Per keypoint (15,), the robust spread of label-to-prediction distances (px),
+    measured as if every swap were undone: swapped labels must not widen the yardstick
+    they are measured with."""
     with np.errstate(all="ignore"):
-        med = np.nanmedian(distance, axis=0)
+        med = np.nanmedian(np.fmin(dist, dist_swapped), axis=0)
     return np.maximum(np.nan_to_num(1.4826 * med, nan=1.0), _MIN_SCALE)
 
 
 def prediction_suspects(pred: np.ndarray, truth: np.ndarray, row_ids: np.ndarray
                         ) -> pd.DataFrame:
     """Swaps (whole face, then single pairs) and residuals of labels against predictions."""
-    pred_pts, truth_pts = as_points(pred), as_points(truth)
-    dist = np.linalg.norm(truth_pts - pred_pts, axis=2)  # (N, 15), NaN where unlabelled
-    dist_sw = np.linalg.norm(as_points(swap_labels(truth)) - pred_pts, axis=2)
-    # The ordinary spread, measured as if every swap were undone: swapped labels must not
-    # widen the yardstick they are measured with.
-    scale = residual_scale(np.fmin(dist, dist_sw))
+    pred_pts = as_points(pred)
+    dist, dist_sw = _distances(pred, truth)  # NaN where unlabelled
+    scale = residual_scale(dist, dist_sw)
     z, z_sw = dist / scale, dist_sw / scale
     explained = np.zeros_like(z, bool)
     out = []
@@ -217,8 +223,7 @@ def find_suspects(images: np.ndarray, truth: np.ndarray, row_ids: np.ndarray,
     scale = 1.0
     if pred is not None:
         parts.insert(0, prediction_suspects(pred, truth, row_ids))
-        dist = np.linalg.norm(as_points(truth) - as_points(pred), axis=2)
-        scale = float(np.median(residual_scale(dist)))
+        scale = float(np.median(residual_scale(*_distances(pred, truth))))
     parts.append(duplicate_suspects(images, truth, row_ids, pred, scale))
     found = pd.concat(parts, ignore_index=True)
     found = found.sort_values("score", ascending=False, kind="stable")
