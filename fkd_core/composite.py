@@ -7,7 +7,6 @@ Building the combination as a single functional model means a composite run has 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,7 +101,7 @@ def train_specialists(data, base, *, by: str = "group", models_dir="models", epo
     from fkd_core import training
     from fkd_core.keypoints import column_indices
     from fkd_core.run_schema import new_run_id, run_config
-    from fkd_core.runs import staged_run
+    from fkd_core.runs import read_run, staged_run
 
     groups = specialist_groups(by)
     base_cfg = training.TrainConfig(**dict(base.config.get("train") or {}))
@@ -120,14 +119,12 @@ def train_specialists(data, base, *, by: str = "group", models_dir="models", epo
             path = training.train(
                 data, spec_cfg, staging / "specialists", run_id=name, verbose=verbose
             )
-            members.append(keras.models.load_model(path / "model.keras", safe_mode=True,
-                                                   compile=False))
+            member = read_run(path)  # the registry's reader, as for any run
+            members.append(member.load_model())
             source[column_indices(keypoints)] = i
-            with np.load(path / "val_predictions.npz") as z:
-                saved = {k: z[k] for k in z.files}
+            saved = member.val_predictions
             parts.append((training.read_scored(saved), training.read_scored(saved, "holdout_")))
-            with open(path / "config.json") as f:
-                epochs_run += json.load(f).get("epochs_run") or 0
+            epochs_run += member.config.get("epochs_run") or 0
             (path / "model.keras").unlink()  # its weights live on in the combined model
         model = combine_specialists(members, source)
         model.save(staging / "model.keras")
