@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -140,13 +141,23 @@ def data_demo(
     train: int = typer.Option(2000, "--train", min=1, help="Training faces."),
     test: int = typer.Option(500, "--test", min=1, help="Test faces."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
+    source_offset: str = typer.Option(
+        "0,0", "--source-offset", metavar="DX,DY",
+        help="Move the four-keypoint rows' labels by DX,DY pixels: a second labelling source "
+        "with its own convention."),
 ):
     """Write the embedded demo set (procedurally drawn faces) in Kaggle's format."""
     from fkd_core import synthetic
 
+    try:
+        dx, dy = (float(v) for v in source_offset.split(","))
+    except ValueError:
+        fail(f"--source-offset must be two numbers DX,DY, not {source_offset!r}")
+    if not (abs(dx) <= 10 and abs(dy) <= 10):
+        fail(f"--source-offset must be within ±10 px, not {source_offset!r}")
     with progress_bar("drawing faces") as progress:
         written = synthetic.write_demo(out_dir, n_train=train, n_test=test, seed=seed,
-                                       progress=progress)
+                                       progress=progress, source_offset=(dx, dy))
     out.print(f"wrote {train} training and {test} test faces to {out_dir}")
     for name in ("training", "test", "lookup", "sample_submission"):
         if name in written:
@@ -175,42 +186,44 @@ def _corrected(train_set, corrections: Path | None):
         fail(str(exc))
 
 
-def _key_values(pairs: list[str], what: str) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            fail(f"{what} {pair!r} must look like KEY=VALUE")
-        try:
-            out[key.strip()] = json.loads(value)
-        except ValueError:
-            out[key.strip()] = value
-    return out
+TRAIN_OPTION_NAMES = ("data", "arch", "head", "width", "depth", "dropout", "head_opt", "epochs",
+                      "batch_size", "lr", "schedule", "patience", "augment", "aug",
+                      "val_fraction", "holdout_fraction", "seed", "max_minutes",
+                      "steps_per_epoch", "models", "run_id", "corrections", "source_offset")
 
 
-def _augment_config(preset: str, overrides: list[str]) -> dict | None:
-    from fkd_core.augment import AugmentConfig
+def _given_options(ctx: typer.Context, names) -> dict:
+    """The options typed on the command line (not defaults), as a recipe would spell them.
 
-    if preset not in AUGMENT_PRESETS:
-        fail(f"--augment must be one of {', '.join(AUGMENT_PRESETS)}, not {preset!r}")
-    if preset == "none" and not overrides:
-        return None
-    base = AUGMENT_PRESETS[preset]
-    try:
-        return AugmentConfig.from_dict({**base, **_key_values(overrides, "--aug")}).to_dict()
-    except (TypeError, ValueError) as exc:
-        fail(f"bad augmentation setting: {exc}")
+    Click's ParameterSource is compared by name: Typer ships its own copy of Click."""
+    from fkd_core import recipes
+
+    given = {}
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        if getattr(source, "name", None) not in ("COMMANDLINE", "ENVIRONMENT"):
+            continue
+        value = ctx.params[name]
+        if name in recipes.TABLE_OPTIONS:
+            try:
+                value = recipes.key_values(value, "--" + name.replace("_", "-"))
+            except recipes.RecipeError as exc:
+                fail(str(exc))
+        elif isinstance(value, Path):
+            value = str(value)
+        given[name] = value
+    return given
 
 
-AUGMENT_PRESETS = {
-    "none": {k: 0.0 for k in ("flip_prob", "rotate_prob", "scale_prob", "shift_prob",
-                              "brightness_prob", "contrast_prob", "noise_prob", "blur_prob")},
-    "default": {},
-}
+def _option_path(options: dict, key: str) -> Path | None:
+    return Path(options[key]) if options.get(key) else None
 
 
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
+    config_file: Path = typer.Option(None, "--config", help="Recipe file (TOML) holding any of "
+                                     "these options; options given here override it."),
     data: Path = DATA_OPTION,
     arch: str = typer.Option("resnet", "--arch", help="Architecture name (see `fkd archs`)."),
     head: str = typer.Option("heatmap", "--head", help="heatmap or regression."),
@@ -238,35 +251,35 @@ def train_cmd(
     run_id: str = typer.Option(None, "--run-id", help="Folder name (default: time-arch-head)."),
     corrections: Path = typer.Option(None, "--corrections", help="Label corrections log to "
                                      "apply on top of training.csv (see `fkd labels`)."),
+    source_offset: str = typer.Option(
+        "off", "--source-offset", help="learn: fit one (x, y) offset for the four-keypoint "
+        "rows' labelling convention, used for them and for the 8-value lookup rows."),
 ):
     """Train a model; the run folder appears under --models only when it is complete."""
-    from fkd_core.training import TrainConfig, train
+    from fkd_core import recipes
+    from fkd_core.training import train
 
-    run_id = _run_id(run_id)
     try:
-        config = TrainConfig(
-            arch=arch, head=head, width=width, depth=depth, dropout=dropout,
-            head_options=_key_values(head_opt, "--head-opt"), epochs=epochs,
-            batch_size=batch_size, lr=lr, schedule=schedule, patience=patience,
-            val_fraction=val_fraction, holdout_fraction=holdout_fraction, seed=seed,
-            augment=_augment_config(augment, aug),
-            max_minutes=max_minutes, steps_per_epoch=steps_per_epoch,
-        )
-        from fkd_core.architectures import create_model
-
-        create_model(arch, width=width, depth=depth, head=head, dropout=dropout,
-                     **config.head_options)
-    except (ValueError, TypeError, KeyError) as exc:
+        recipe = recipes.read_recipe(config_file) if config_file is not None else None
+        options = recipes.merge(recipe.options if recipe else {},
+                                _given_options(ctx, TRAIN_OPTION_NAMES))
+        config = recipes.train_config(options)
+    except recipes.RecipeError as exc:
         fail(str(exc))
-    train_set, applied = _corrected(_load_train(data), corrections)
+    run_id = _run_id(options.get("run_id"))
+    train_set, applied = _corrected(_load_train(_option_path(options, "data")),
+                                    _option_path(options, "corrections"))
     try:
-        path = train(train_set, config, _models_dir(models), run_id=run_id, verbose=_verbose(),
-                     corrections=applied)
+        out_path = train(
+            train_set, config, _models_dir(_option_path(options, "models")), run_id=run_id,
+            verbose=_verbose(), corrections=applied,
+            recipe={**recipe.provenance(), "options": options} if recipe else None,
+        )
     except KeyboardInterrupt:
         fail("training interrupted; no run was saved", code=130)
     except (ValueError, FileExistsError, FloatingPointError) as exc:
         fail(str(exc))
-    _print_run_result(path)
+    _print_run_result(out_path)
 
 
 def _print_run_result(path: Path) -> None:
@@ -471,6 +484,81 @@ def ensemble_cmd(
     except (ValueError, FileExistsError) as exc:
         fail(str(exc))
     _print_run_result(path)
+
+
+@app.command("pipeline")
+def pipeline_cmd(
+    recipe: Path = typer.Argument(..., help="Pipeline file (TOML): members, ensemble, "
+                                  "submission."),
+    data: Path = DATA_OPTION,
+    models: Path = MODELS_OPTION,
+    max_minutes: float = typer.Option(None, "--max-minutes", min=0,
+                                      help="Cap on the whole pipeline's wall time."),
+    output: Path = typer.Option(Path("submission.csv"), "-o", "--output",
+                                help="Submission file to write (its folder must exist)."),
+):
+    """Train the members a pipeline file lists that don't exist yet, ensemble them and write
+    the submission; run it again after a kill and it resumes where it stopped."""
+    from fkd_core import dataset, pipeline
+    from fkd_core.evaluation import submission, write_submission
+    from fkd_core.files import check_output_file
+    from fkd_core.recipes import RecipeError
+
+    try:
+        check_output_file(output)
+    except ValueError as exc:
+        fail(f"-o: {exc}")
+    try:
+        plan = pipeline.read_pipeline(recipe)
+    except RecipeError as exc:
+        fail(str(exc))
+    started = time.monotonic()
+    with data_errors(), progress_bar("parsing images") as progress:
+        kd = dataset.load(_data_path(data), parts=("training", "test", "lookup"),
+                          progress=progress)
+        kd.require_train()
+        if kd.test is None or kd.lookup is None:  # known before hours of training, not after
+            fail(f"{kd.path}: a pipeline's submission needs test.csv and IdLookupTable.csv")
+    total = len(plan.members)
+    out.print(f"pipeline [bold]{escape(str(recipe))}[/]: {total} member"
+              f"{'s' if total > 1 else ''}" + (f", ensemble {escape(plan.ensemble['run_id'])}"
+                                               if plan.ensemble else ""))
+
+    def report(kind, run_id, state, run=None, index=None, total=None, minutes=None):
+        name = f"[{index}/{total}] member {escape(run_id)}" if kind == "member" else \
+            f"ensemble {escape(run_id)}"
+        if state == "training":
+            cap = f" (at most {minutes:.1f} min)" if minutes is not None else ""
+            out.print(f"{name}: training{cap}", highlight=False, soft_wrap=True)
+        elif state == "making":
+            out.print(f"{name}: averaging the members", highlight=False, soft_wrap=True)
+        else:
+            tta = run.metrics.get("val_rmse_tta")
+            took = "" if state == "exists" else \
+                f" in {_age(run.config.get('wall_seconds') or 0)}"
+            out.print(f"{name}: {'already there, kept' if state == 'exists' else 'done'}{took}"
+                      f", val RMSE {run.val_rmse:.3f} px"
+                      + (f" ({tta:.3f} with flip-TTA)" if tta is not None else ""),
+                      highlight=False, soft_wrap=True)
+
+    try:
+        final = pipeline.run_pipeline(plan, kd, _models_dir(models), max_minutes=max_minutes,
+                                      on_event=report, verbose=_verbose())
+    except pipeline.PipelineStopped as exc:
+        fail(str(exc), code=3)
+    except KeyboardInterrupt:
+        fail("pipeline interrupted; finished members are kept, rerun to continue", code=130)
+    except (RecipeError, ValueError, FileExistsError, FloatingPointError) as exc:
+        fail(str(exc))
+    try:
+        frame = submission(final, kd, tta=plan.tta)
+        write_submission(frame, output)
+    except OSError as exc:
+        fail(f"-o: could not write {output}: {exc.strerror or exc}")
+    except ValueError as exc:
+        fail(str(exc))
+    out.print(f"wrote {len(frame)} predictions from run {escape(final.id)} to "
+              f"{escape(str(output))} ({(time.monotonic() - started) / 60:.1f} min)")
 
 
 @app.command("serve")

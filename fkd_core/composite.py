@@ -229,6 +229,8 @@ def make_ensemble(runs, *, weights: str = "equal", models_dir="models",
         return Scored(rows, sum(wi * t.pred for wi, t in zip(w, taken)),
                       sum(wi * t.pred_tta for wi, t in zip(w, taken)), taken[0].truth)
 
+    # The members' four-keypoint offsets average like their predictions do.
+    offset = sum(wi * r.source_offset.astype(np.float64) for wi, r in zip(w, runs))
     started = time.time()
     run_id = run_id or new_run_id("ensemble")
     with staged_run(models_dir, run_id) as staging:
@@ -244,6 +246,8 @@ def make_ensemble(runs, *, weights: str = "equal", models_dir="models",
             train_seconds=time.time() - started, epochs_run=None,
             data=first.get("data", {}),
             members=[r.id for r in runs], weights=w.tolist(), weight_mode=weights,
+            **({"source_offset": dict(zip(("dx", "dy"), offset.round(4).tolist()))}
+               if offset.any() else {}),
             split=first.get("split") or {
                 k: (first.get("train") or {}).get(k)
                 for k in ("val_fraction", "holdout_fraction", "seed")

@@ -157,6 +157,15 @@ def check_config(config) -> dict:
     c.number("best_epoch", required=False, low=0, integer=True)
     for key in ("created", "fkd_version", "keras_version"):
         c.text(key, required=False)
+    offset = c.mapping("source_offset", required=False)
+    if offset is not None:
+        for key in ("dx", "dy"):
+            offset.number(key, low=-MAX_LABEL_OFFSET * 4, high=MAX_LABEL_OFFSET * 4)
+    recipe = c.mapping("recipe", required=False)
+    if recipe is not None:
+        recipe.text("path", required=False)
+        recipe.text("sha256", required=False)
+        recipe.mapping("options", required=False)
     data = c.mapping("data", required=False)
     if data is not None:
         data.text("source", required=False)

@@ -76,6 +76,13 @@ class Run:
             value = (self.config.get("train") or {}).get("label_offset")
         return float(value or 0.0)
 
+    @property
+    def source_offset(self) -> np.ndarray:
+        """(dx, dy) pixels to add for faces labelled by the four-keypoint rows' convention
+        (learned with ``fkd train --source-offset learn``; zero otherwise)."""
+        value = self.config.get("source_offset") or {}
+        return np.array([value.get("dx", 0.0), value.get("dy", 0.0)], np.float32)
+
     def predict(self, images: np.ndarray, *, tta: bool = False, model=None) -> np.ndarray:
         """Keypoints in pixels (the data set's convention) for uint8 faces (N, 96, 96).
 

@@ -447,12 +447,16 @@ def _demo_layout(n_train: int, n_test: int, seed: int) -> tuple[np.ndarray, np.n
 
 
 def write_demo(
-    out_dir, n_train: int = 2000, n_test: int = 500, seed: int = 0, progress: Progress | None = None
+    out_dir, n_train: int = 2000, n_test: int = 500, seed: int = 0,
+    progress: Progress | None = None, source_offset: tuple[float, float] = (0.0, 0.0),
 ) -> dict:
     """Write a Kaggle-shaped demo dataset (training, test, IdLookupTable, SampleSubmission).
 
     Test labels are not written, like Kaggle; `demo_test_keypoints` regenerates them.
-    Returns the four paths and the row counts.
+    ``source_offset`` (dx, dy) pixels moves every label of the four-keypoint rows, as if a
+    second labelling source with its own convention had marked them (Kaggle's real data has
+    two); the complete rows keep the exact positions. Returns the four paths and the row
+    counts.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -465,6 +469,8 @@ def write_demo(
     sparse = np.array([i not in always for i in range(kp.N_COORDS)])
     labels = train_kp.astype(np.float64)
     labels[np.ix_(partial, sparse)] = np.nan
+    labels[partial, 0::2] += float(source_offset[0])
+    labels[partial, 1::2] += float(source_offset[1])
 
     always_cols = [kp.COLUMN_NAMES[i] for i in sorted(always)]
     image_ids, features = [], []

@@ -24,6 +24,7 @@ from fkd_core.files import atomic_write
 from fkd_core.keypoints import COLUMN_NAMES, KEYPOINT_NAMES, column_indices
 from fkd_core.run_schema import new_run_id, run_config
 from fkd_core.runs import staged_run
+from fkd_core.targets import SCALE
 
 
 @dataclass
@@ -50,6 +51,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop after this much training time (best weights kept)
     label_offset: float | None = None  # labels' x offset from pixel indices; None: estimate
     steps_per_epoch: int | None = None  # cap (tests and smoke runs)
+    learn_source_offset: bool = False  # fit the four-keypoint rows' (x, y) labelling offset
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "plateau"):
@@ -122,6 +124,134 @@ def make_dataset(
         ds = augment_dataset(ds, AugmentConfig.from_dict(augment), seed)
     ds = ds.map(lambda x, y: (x, normalise_keypoints(y)), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def make_source_dataset(
+    images: np.ndarray,
+    keypoints: np.ndarray,
+    four_point: np.ndarray,
+    batch_size: int,
+    *,
+    augment: dict | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+):
+    """:func:`make_dataset` whose inputs are ``(image, frame)``: ``frame`` (2, 2) is zero for
+    a complete row and, for a four-keypoint row, the linear part of the row's augmentation
+    (identity without one), which is how a labelling offset in the original image moves
+    when the face is flipped, turned or scaled.
+
+    The per-batch seeds and augmentation parameters are drawn exactly as
+    :func:`fkd_core.augment.augment_dataset` draws them, so the frames match the warps.
+    """
+    import tensorflow as tf
+
+    from fkd_core import augment as aug
+    from fkd_core.targets import normalise_keypoints
+
+    flags = np.asarray(four_point, np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((images, keypoints.astype(np.float32), flags))
+    if shuffle:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    identity = tf.eye(2, dtype=tf.float32)
+
+    def plain(x, y, flag):
+        frame = flag[:, None, None] * identity[None]
+        return (_to_float_images(x), frame), y
+
+    if augment is None:
+        ds = ds.map(plain, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        config = aug.AugmentConfig.from_dict(augment)
+        base = tf.constant(int(seed), tf.int64)
+
+        def augmented(batch, step):
+            x, y, flag = batch
+            step = tf.ensure_shape(tf.cast(step, tf.int64), [2]) + tf.stack(
+                [base, tf.constant(0, tf.int64)])
+            x, y = aug.augment_batch(_to_float_images(x), y, step, config)
+            linear = tf.tile(identity[None], [tf.shape(flag)[0], 1, 1])
+            if config.geometric:
+                param_seed, _ = tf.unstack(tf.random.experimental.stateless_split(
+                    aug._seed_tensor(step), 2))
+                p = aug._sample_params(tf.shape(flag)[0], param_seed, config)
+                forward, _ = aug.affine_matrices(p["angle"], p["scale"], p["shift"], p["flip"])
+                linear = forward[:, :, :2]
+            return (x, flag[:, None, None] * linear), y
+
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(lambda inputs, y: (inputs, normalise_keypoints(y)),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def with_source_offset(model):
+    """``model`` wrapped for training with a source offset: inputs (image, frame), output the
+    model's keypoints plus ``frame · offset`` at every keypoint. The offset (normalised units)
+    is the wrapper's only own weight, set by :func:`_source_offset_estimator`; the wrapped
+    model is saved on its own."""
+    import keras
+
+    from fkd_core.keypoints import N_KEYPOINTS
+
+    class SourceOffset(keras.layers.Layer):
+        def build(self, input_shape):
+            self.offset = self.add_weight(shape=(2,), initializer="zeros", name="offset",
+                                          trainable=False)
+
+        def call(self, inputs):
+            pred, frame = inputs
+            shift = keras.ops.einsum("bij,j->bi", frame, self.offset)
+            return pred + keras.ops.tile(shift, [1, N_KEYPOINTS])
+
+        def compute_output_shape(self, input_shapes):
+            return input_shapes[0]
+
+    image = keras.Input(shape=model.input_shape[1:], name="image")
+    frame = keras.Input(shape=(2, 2), name="source_frame")
+    layer = SourceOffset(name="source_offset")
+    wrapped = keras.Model([image, frame], layer([model(image), frame]), name=model.name)
+    return wrapped, layer
+
+
+def _source_offset_estimator(model, layer, images, targets, four_point, max_rows: int = 1024):
+    """A Keras callback that re-estimates the source offset after every epoch.
+
+    A gradient-trained offset moves along the same direction as the output biases (a
+    constant shift of the four-keypoint rows is also a shift of every row plus a smaller
+    shift of the complete ones), so descent splits the difference between the two and
+    converges very slowly. The difference of the two sources' mean residuals at the
+    keypoints both label cancels whatever bias the model has picked up: one update lands on
+    the offset in expectation, and each later epoch refines it.
+    """
+    import keras
+
+    from fkd_core.keypoints import ALWAYS_PRESENT
+    from fkd_core.predict import predict_keypoints
+
+    four_point = np.asarray(four_point, bool)
+    if four_point.all() or not four_point.any():
+        raise ValueError("--source-offset learn needs both complete and four-keypoint rows "
+                         "among the training rows")
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.permutation(len(images))[:max_rows])
+    images, targets, four_point = images[rows], targets[rows], four_point[rows]
+    cols = column_indices(ALWAYS_PRESENT)
+
+    class Estimator(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            offset = keras.ops.convert_to_numpy(layer.offset) * SCALE
+            residual = (targets - predict_keypoints(model, images))[:, cols].reshape(
+                len(images), -1, 2)
+            residual[four_point] -= offset
+            move = (np.nanmean(residual[four_point], axis=(0, 1))
+                    - np.nanmean(residual[~four_point], axis=(0, 1)))
+            layer.offset.assign((offset + move) / SCALE)
+
+    return Estimator()
 
 
 def _time_budget(minutes: float):
@@ -202,13 +332,21 @@ class Scored:
 
 
 def score(model, data: KeypointSet, rows: np.ndarray, config: TrainConfig,
-          targets: np.ndarray) -> Scored:
-    """Predict ``rows`` with and without flip-TTA; NaN predictions are an error, not a score."""
+          targets: np.ndarray, source_offset: dict | None = None) -> Scored:
+    """Predict ``rows`` with and without flip-TTA; NaN predictions are an error, not a score.
+
+    A learned ``source_offset`` ({"dx", "dy"} pixels) is added to four-keypoint rows, whose
+    labels follow that convention."""
     from fkd_core.predict import predict_keypoints
 
     images = data.images[rows]
     pred = predict_keypoints(model, images, label_offset=config.label_offset)
     pred_tta = predict_keypoints(model, images, tta=True, label_offset=config.label_offset)
+    if source_offset:
+        shift = np.tile([source_offset["dx"], source_offset["dy"]], 15).astype(np.float32)
+        four = data.four_point[rows]
+        pred[four] += shift
+        pred_tta[four] += shift
     if not (np.isfinite(pred).all() and np.isfinite(pred_tta).all()):
         raise FloatingPointError("the trained model predicts NaN or infinity; try a lower --lr")
     truth = data.keypoints[rows].copy()
@@ -227,11 +365,18 @@ def train(
     extra_callbacks: Sequence = (),
     on_staged: Callable[[Path], None] | None = None,
     corrections: dict | None = None,
+    recipe: dict | None = None,
 ) -> Path:
     """Train one model on ``data`` and write its run folder; returns the folder's path.
 
     ``corrections`` describes a label corrections log already applied to ``data`` (path,
-    hash, count: :func:`fkd_core.corrections.corrected`); the run records it.
+    hash, count: :func:`fkd_core.corrections.corrected`); the run records it, and
+    ``recipe`` (the recipe file's path, hash and the merged options) likewise.
+
+    With ``config.learn_source_offset`` the four-keypoint rows' labels may follow another
+    convention than the complete rows': one (x, y) offset is learned for them alongside the
+    model, recorded as config.json's ``source_offset`` (pixels) and added to their
+    predictions (:attr:`fkd_core.runs.Run.source_offset`).
     """
     import keras
 
@@ -257,6 +402,8 @@ def train(
             on_staged(staging)
         started = time.time()
         model = build_model(config)
+        fit_model, offset_layer = (with_source_offset(model) if config.learn_source_offset
+                                   else (model, None))
         steps = config.steps_per_epoch or int(np.ceil(len(train_pos) / config.batch_size))
         if config.schedule == "cosine":
             lr = keras.optimizers.schedules.CosineDecay(
@@ -264,16 +411,29 @@ def train(
             )
         else:
             lr = config.lr
-        model.compile(
+        fit_model.compile(
             optimizer=keras.optimizers.Adam(lr), loss=masked_mse, metrics=[MaskedRMSEPixels()]
         )
-        train_ds = make_dataset(
-            data.images[train_pos], targets[train_pos], config.batch_size,
-            augment=config.augment, shuffle=True, seed=config.seed,
-        )
+        if offset_layer is None:
+            train_ds = make_dataset(
+                data.images[train_pos], targets[train_pos], config.batch_size,
+                augment=config.augment, shuffle=True, seed=config.seed,
+            )
+            val_ds = make_dataset(data.images[val_pos_fit], targets[val_pos_fit], 256)
+        else:
+            four = data.four_point
+            train_ds = make_source_dataset(
+                data.images[train_pos], targets[train_pos], four[train_pos],
+                config.batch_size, augment=config.augment, shuffle=True, seed=config.seed,
+            )
+            val_ds = make_source_dataset(data.images[val_pos_fit], targets[val_pos_fit],
+                                         four[val_pos_fit], 256)
         if config.steps_per_epoch:
             train_ds = train_ds.repeat()
-        val_ds = make_dataset(data.images[val_pos_fit], targets[val_pos_fit], 256)
+        if offset_layer is not None:
+            extra_callbacks = [_source_offset_estimator(
+                model, offset_layer, data.images[train_pos], targets[train_pos],
+                data.four_point[train_pos]), *extra_callbacks]
         callbacks = [
             keras.callbacks.EarlyStopping(
                 monitor="val_rmse_px", mode="min", patience=config.patience,
@@ -289,7 +449,7 @@ def train(
             ))
         if config.max_minutes:
             callbacks.append(_time_budget(config.max_minutes))
-        history = model.fit(
+        history = fit_model.fit(
             train_ds, validation_data=val_ds, epochs=config.epochs,
             steps_per_epoch=config.steps_per_epoch, callbacks=callbacks, verbose=verbose,
             shuffle=False,  # the tf.data pipeline shuffles; Keras cannot shuffle a Dataset
@@ -298,9 +458,13 @@ def train(
         if not np.all(np.isfinite(history.history.get("loss", [0.0]))):
             raise FloatingPointError("training diverged (loss became NaN); try a lower --lr")
         model.save(staging / "model.keras")
+        source_offset = None if offset_layer is None else {
+            k: round(float(v) * SCALE, 4)
+            for k, v in zip(("dx", "dy"), keras.ops.convert_to_numpy(offset_layer.offset))
+        }
 
-        val = score(model, data, split["val"], config, targets)
-        holdout = score(model, data, split["holdout"], config, targets) if len(
+        val = score(model, data, split["val"], config, targets, source_offset)
+        holdout = score(model, data, split["holdout"], config, targets, source_offset) if len(
             split["holdout"]) else None
         write_predictions(staging, val, holdout, train_row_ids=data.row_ids[train_pos])
         write_json(staging / "metrics.json", metrics_report(val, holdout))
@@ -316,6 +480,8 @@ def train(
             best_epoch=_best_epoch(history.history),
             wall_seconds=round(time.time() - started, 1),
             **({"corrections": corrections} if corrections else {}),
+            **({"source_offset": source_offset} if source_offset else {}),
+            **({"recipe": recipe} if recipe else {}),
         ))
     return Path(models_dir) / run_id
 
