@@ -1,5 +1,5 @@
 """The page: a header and tabs — leaderboard, face grid, data overview, augmentation QA, flip
-audit and activation maps.
+audit, activation maps and label QA.
 
 A new session builds only the header and the leaderboard; every other tab's view is built the
 first time that tab is shown (or another view sends the user there), so opening the page costs
@@ -18,16 +18,17 @@ from app.background import in_document
 from app.data_view import DataView
 from app.flip_audit_view import FlipAuditView
 from app.grid import FaceGrid
+from app.label_qa_view import LabelQAView
 from app.leaderboard import Leaderboard
 from app.state import Store
 from app.untrusted import html_text, markdown_text
 
-TABS = ("Leaderboard", "Faces", "Data", "Augment", "Flip audit", "Activations")
+TABS = ("Leaderboard", "Faces", "Data", "Augment", "Flip audit", "Activations", "Label QA")
 
 
 class Dashboard(pn.viewable.Viewer):
     """Composes the views; a heatmap click switches to the grid focused on that cell, and the
-    flip audit's "open in augmentation QA" to the augmentation view on that row."""
+    flip audit's "open in augmentation QA" (or "open in Label QA") to that view on that row."""
 
     def __init__(self, store: Store, **params):
         super().__init__(**params)
@@ -36,8 +37,10 @@ class Dashboard(pn.viewable.Viewer):
             "Faces": lambda: FaceGrid(store, on_open_row=self._open_in_augment),
             "Data": lambda: DataView(store),
             "Augment": lambda: AugmentView(store),
-            "Flip audit": lambda: FlipAuditView(store, on_open=self._open_in_augment),
+            "Flip audit": lambda: FlipAuditView(store, on_open=self._open_in_augment,
+                                                on_label_qa=self._open_in_label_qa),
             "Activations": lambda: ActivationsView(store),
+            "Label QA": lambda: LabelQAView(store),
         }
         self.leaderboard = Leaderboard(store, on_cell=self._open_cell)
         self._views: dict[str, pn.viewable.Viewer] = {"Leaderboard": self.leaderboard}
@@ -88,6 +91,12 @@ class Dashboard(pn.viewable.Viewer):
     def _open_in_augment(self, row: int) -> None:
         self.augment.show_row(row)
         self.tabs.active = TABS.index("Augment")
+
+    def _open_in_label_qa(self, row: int) -> None:
+        view = self.view("Label QA")
+        view.activate()
+        view.show_row(row)
+        self.tabs.active = TABS.index("Label QA")
 
     def __panel__(self):
         return self._layout

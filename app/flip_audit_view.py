@@ -34,10 +34,12 @@ class FlipAuditView(pn.viewable.Viewer):
     likely_swaps_only = param.Boolean(default=False)
     page = param.Integer(default=1, bounds=(1, None))
 
-    def __init__(self, store: Store, on_open: Callable[[int], None] | None = None, **params):
+    def __init__(self, store: Store, on_open: Callable[[int], None] | None = None,
+                 on_label_qa: Callable[[int], None] | None = None, **params):
         super().__init__(**params)
         self.store = store
         self.on_open = on_open
+        self.on_label_qa = on_label_qa
         self._pending: set[str] = set()
         self._audit = None
         self._full = None  # the audit's table, worst first
@@ -58,6 +60,9 @@ class FlipAuditView(pn.viewable.Viewer):
         self._open = w.Button(label="open in augmentation QA", width=200,
                               css_classes=["fkd-audit-open"])
         on_click(self._open, self._open_in_augment)
+        self._to_label_qa = w.Button(label="open in Label QA", width=200,
+                                     css_classes=["fkd-audit-label-qa"])
+        on_click(self._to_label_qa, self._open_in_label_qa)
         self._message = Message("fkd-audit-message")
         self._summary = pn.pane.HTML("", css_classes=["fkd-audit-summary"], margin=(0, 10))
         self._header = pn.pane.HTML("", css_classes=["fkd-audit-header"], margin=(0, 10))
@@ -65,7 +70,8 @@ class FlipAuditView(pn.viewable.Viewer):
         self._results = pn.Column(
             self._summary, pn.Row(self._prev, self._next, self._header, align="center"),
             pn.Row(pn.pane.Bokeh(self.canvas.figure), self._rows_table), visible=False)
-        self._detail_box = pn.Column(self._open, self.detail, visible=False,
+        self._detail_box = pn.Column(pn.Row(self._open, self._to_label_qa), self.detail,
+                                     visible=False,
                                      css_classes=["fkd-audit-detail"])
         self._layout = pn.Column(
             pn.pane.Markdown(
@@ -226,11 +232,17 @@ class FlipAuditView(pn.viewable.Viewer):
         )
         self._open.label = f"open row {entry.row} in augmentation QA"
         self._open.visible = self.on_open is not None
+        self._to_label_qa.label = f"open row {entry.row} in Label QA"
+        self._to_label_qa.visible = self.on_label_qa is not None
         self._detail_box.visible = True
 
     def _open_in_augment(self) -> None:
         if self._detail_row is not None and self.on_open is not None:
             self.on_open(self._detail_row)
+
+    def _open_in_label_qa(self) -> None:
+        if self._detail_row is not None and self.on_label_qa is not None:
+            self.on_label_qa(self._detail_row)
 
     def __panel__(self):
         return self._layout

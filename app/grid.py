@@ -294,7 +294,8 @@ class FaceGrid(pn.viewable.Viewer):
             else:
                 first = self._err[idx]
                 others = [metrics.per_image_rmse(p, truth) for p in preds[1:]]
-            captions = [_captions(row_ids, e) for e in (first, *others)]
+            corrected = self.store.labels().corrected_rows
+            captions = [_captions(row_ids, e, corrected) for e in (first, *others)]
         k = len(runs)
         columns = COLUMNS[size] + (2 if k > 1 else 0)
         self.canvas.resize(size * k, columns)
@@ -327,6 +328,7 @@ class FaceGrid(pn.viewable.Viewer):
 
     def _legend_text(self, runs: list[str]) -> str:
         text = "hollow circles: true keypoints · filled: predicted · line: truth → prediction" \
+            " · ✎: labels corrected in Label QA (shown here as in training.csv)" \
             " · subject's left in warm colours, right in cool · click a face for detail"
         if len(runs) > 1:
             left, right = (html_text(r) for r in runs[:2])
@@ -377,9 +379,11 @@ class FaceGrid(pn.viewable.Viewer):
         return self._layout
 
 
-def _captions(row_ids: np.ndarray, errors: np.ndarray) -> list[str]:
-    return [f"row {r} · {e:.2f} px" if np.isfinite(e) else f"row {r} · no labels"
-            for r, e in zip(row_ids, errors)]
+def _captions(row_ids: np.ndarray, errors: np.ndarray, corrected=frozenset()) -> list[str]:
+    """"row R · E px", with ✎ where Label QA corrected the face (the grid still shows and
+    scores training.csv's labels)."""
+    return [(f"row {r} · {e:.2f} px" if np.isfinite(e) else f"row {r} · no labels")
+            + (" ✎" if int(r) in corrected else "") for r, e in zip(row_ids, errors)]
 
 
 def _interleave(arrays: list[np.ndarray]) -> np.ndarray:

@@ -3,8 +3,9 @@ same helpers; their own live in ``tests/browser_harness.py``).
 
 ``python -m app.screenshots OUTDIR [--data PATH] [--models DIR]`` starts the server, opens
 each view and writes ``leaderboard.png``, ``grid.png``, ``detail.png``, ``data.png``,
-``augment.png``, ``flip_check.png``, ``flip_audit.png`` and ``activations.png`` (1200 × 800,
-palette PNGs). Uses Debian's Chromium; never downloads a browser.
+``augment.png``, ``flip_check.png``, ``flip_audit.png``, ``activations.png`` and
+``label_qa.png`` (1200 × 800, palette PNGs). Uses Debian's Chromium; never downloads a browser.
+Label QA's corrections go to a temporary log, never the user's.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ BROWSER_ARGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
 VIEWPORT = {"width": 1200, "height": 800}
-#: A grid caption: training faces "row 57 · 3.21 px", test faces "test image 12".
-CAPTION = re.compile(r"^(row \d+ · ([\d.]+ px|no labels)|test image \d+)$")
+#: A grid caption: training faces "row 57 · 3.21 px" (" ✎" if corrected), test faces
+#: "test image 12".
+CAPTION = re.compile(r"^(row \d+ · ([\d.]+ px|no labels)( ✎)?|test image \d+)$")
 TIMEOUT_MS = 90_000  # the first grid waits for the model's predictions
 
 
@@ -117,6 +119,7 @@ def shoot_all(url: str, out: Path) -> dict[str, Path]:
             page.wait_for_timeout(1000)
             shots["data"] = save(page, out / "data.png")
             shots.update(shoot_inspection(page, out))
+            shots["label_qa"] = shoot_label_qa(page, out)
             if errors:
                 print("browser console errors:\n  " + "\n  ".join(errors))
         finally:
@@ -164,6 +167,28 @@ def shoot_inspection(page, out: Path) -> dict[str, Path]:
     return shots
 
 
+def shoot_label_qa(page, out: Path, timeout: float = TIMEOUT_MS) -> Path:
+    """Label QA judged by the first run: the list, then the top suspect opened and its
+    suggestion accepted (the ghost shows where training.csv had it)."""
+    goto_tab(page, "Label QA")
+    select = page.locator(".fkd-lqa-run select")
+    runs = select.locator("option").all_inner_texts()
+    if len(runs) > 1:
+        select.select_option(label=runs[1])
+        page.locator(".fkd-lqa-list-header", has_text="predictions").wait_for(timeout=timeout)
+    first = page.locator(".fkd-lqa-suspects .tabulator-row").first
+    first.wait_for(timeout=timeout)
+    first.click()
+    page.locator(".fkd-lqa-editor").wait_for()
+    accept = page.locator(".fkd-lqa-accept button")
+    if accept.is_enabled():
+        accept.click()
+        page.locator(".fkd-lqa-lines").wait_for()
+    page.locator(".fkd-lqa-face").scroll_into_view_if_needed()
+    page.wait_for_timeout(1000)
+    return save(page, out / "label_qa.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     from app.serve import Server
 
@@ -173,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="models")
     args = parser.parse_args(argv)
     log = Path(tempfile.gettempdir()) / "fkd-screenshots-server.log"
-    with Server(args.data, args.models, log=log) as url:
+    with tempfile.TemporaryDirectory(prefix="fkd-screenshots-") as tmp, \
+            Server(args.data, args.models, log=log,
+                   corrections=Path(tmp) / "corrections.csv") as url:
         for name, path in shoot_all(url, args.out).items():
             print(f"{name:<12} {path} ({path.stat().st_size // 1024} KiB)")
     return 0

@@ -32,7 +32,8 @@ PARENT_ENV = "FKD_SERVE_PARENT_PID"  # set by Server: the server stops when this
 
 def panel_args(data: str | os.PathLike | None = None, models: str | os.PathLike = "models",
                port: int = 5006, address: str = "127.0.0.1", show: bool = False,
-               allow_origin: list[str] | None = None) -> list[str]:
+               allow_origin: list[str] | None = None,
+               corrections: str | os.PathLike | None = None) -> list[str]:
     """``panel``'s arguments: ``serve app/ ... --args ...`` (localhost unless told)."""
     # --warm: run the page once at start-up, so the data is loaded and TensorFlow warms up
     # (app/main.py) before the first session, not during it
@@ -50,6 +51,8 @@ def panel_args(data: str | os.PathLike | None = None, models: str | os.PathLike 
     args += ["--args", "--models", str(models)]
     if data is not None:
         args += ["--data", str(data)]
+    if corrections is not None:
+        args += ["--corrections", str(corrections)]
     return args
 
 
@@ -62,11 +65,13 @@ def panel_command(data: str | os.PathLike | None = None, models: str | os.PathLi
 
 
 def serve_command(data: str | os.PathLike | None = None, models: str | os.PathLike = "models",
-                  port: int = 5006) -> list[str]:
+                  port: int = 5006, corrections: str | os.PathLike | None = None) -> list[str]:
     """``fkd serve``'s server as a command; run as a script, so it works without ``import app``."""
     cmd = [sys.executable, str(APP_DIR / "serve.py"), "--models", str(models), "--port", str(port)]
     if data is not None:
         cmd += ["--data", str(data)]
+    if corrections is not None:
+        cmd += ["--corrections", str(corrections)]
     return cmd
 
 
@@ -84,10 +89,11 @@ class Server:
     """
 
     def __init__(self, data=None, models="models", port: int | None = None, env=None,
-                 log: str | os.PathLike | None = None, timeout: float = 120.0):
+                 log: str | os.PathLike | None = None, timeout: float = 120.0,
+                 corrections: str | os.PathLike | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.cmd = serve_command(data, models, self.port)
+        self.cmd = serve_command(data, models, self.port, corrections)
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
         self.log = Path(log) if log else None
         self.timeout = timeout
@@ -223,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fkd serve", description=main.__doc__.split("\n")[0])
     parser.add_argument("--data", help="default: $FKD_DATA, else the demo set")
     parser.add_argument("--models", help="default: $FKD_MODELS, else models/")
+    parser.add_argument("--corrections", help="label corrections log (default: the data's "
+                        "log in the per-user fkd folder)")
     parser.add_argument("--port", type=int, default=5006)
     parser.add_argument("--address", default="127.0.0.1")
     parser.add_argument("--show", action="store_true", help="open the page in a browser")
@@ -244,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
 
     data, models = settings.data_path(args.data), settings.models_dir(args.models)
     sys.argv = ["panel", *panel_args(data, models, args.port, args.address,
-                                     allow_origin=args.allow_origin)]
+                                     allow_origin=args.allow_origin,
+                                     corrections=args.corrections)]
     code = 0
     try:
         panel_main()  # returns once Bokeh has stopped the server

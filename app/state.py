@@ -9,6 +9,7 @@ tests use the store directly.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import threading
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from fkd_core import metrics, runs
+from fkd_core import corrections, metrics, runs
 from fkd_core.keypoints import KEYPOINT_NAMES
 
 #: The grid's subsets, as the page names them.
@@ -34,20 +36,23 @@ class Settings:
 
     data: str | None = None
     models: str = "models"
+    corrections: str | None = None  # None: the data's log in the per-user fkd folder
 
     @classmethod
     def from_args(cls, argv: list[str], environ=os.environ) -> Settings:
-        """``--data``/``--models`` (``panel serve app/ --args ...``), else the environment,
-        else the defaults — the CLI's rule (:mod:`fkd_core.settings`)."""
+        """``--data``/``--models``/``--corrections`` (``panel serve app/ --args ...``), else
+        the environment, else the defaults — the CLI's rule (:mod:`fkd_core.settings`)."""
         from fkd_core import settings
 
         parser = argparse.ArgumentParser(prog="app", add_help=False)
         parser.add_argument("--data")
         parser.add_argument("--models")
+        parser.add_argument("--corrections")
         args, _ = parser.parse_known_args(argv)
         data = settings.data_path(args.data, environ)
+        corrections = None if not args.corrections else str(Path(args.corrections).absolute())
         return cls(None if data is None else str(data),
-                   str(settings.models_dir(args.models, environ)))
+                   str(settings.models_dir(args.models, environ)), corrections)
 
 
 def train_command(settings: Settings, data_path: str) -> str:
@@ -83,6 +88,10 @@ class Store:
         self._model_errors: dict[str, str] = {}
         self._audits: dict[str, object] = {}
         self._label_offset: float | None = None
+        self._labels_lock = threading.Lock()  # one writer of the log per process at a time
+        self._labels: LabelState | None = None
+        self._suspects: dict[str | None, tuple[object, pd.DataFrame]] = {}
+        self._suspect_errors: dict[tuple[str | None, object], str] = {}
         self.mean_face: np.ndarray | None = None
         self._load_data()
 
@@ -239,6 +248,118 @@ class Store:
                 estimate_label_offset(train.images, train.keypoints))
         return self._label_offset
 
+    # -- label corrections and suspects --------------------------------------------------
+
+    def corrections_path(self) -> Path | None:
+        """The corrections log: ``--corrections``, else the data's log in the per-user fkd
+        folder (:func:`fkd_core.corrections.default_path`, as ``fkd labels`` finds it)."""
+        if self.settings.corrections:
+            return Path(self.settings.corrections)
+        if self.train is None:
+            return None
+        return corrections.default_path(self.train.fingerprint)
+
+    def labels(self) -> LabelState:
+        """The training labels with the log applied; re-read only when the log's file changed
+        (so another session's or the CLI's corrections show after a reload)."""
+        state = self._labels
+        if state is not None and state.stamp == _stamp(self.corrections_path()):
+            return state
+        with self._labels_lock:
+            return self._read_labels()
+
+    def _read_labels(self) -> LabelState:
+        """Caller holds ``_labels_lock``."""
+        path = self.corrections_path()
+        stamp = _stamp(path)
+        if self._labels is not None and self._labels.stamp == stamp:
+            return self._labels
+        train = self.train
+        if train is None or path is None:
+            self._labels = LabelState(path, stamp, np.zeros((0, 2 * len(KEYPOINT_NAMES))),
+                                      np.zeros((0, 2 * len(KEYPOINT_NAMES))), np.zeros(0, int),
+                                      [], self.data_error or "this data has no training.csv")
+            return self._labels
+        try:
+            keypoints, _ = corrections.apply(train.keypoints, train.row_ids, path,
+                                             train.fingerprint)
+            entries, error = corrections.read(path), None
+        except corrections.CorrectionsError as exc:
+            keypoints, entries, error = train.keypoints, [], str(exc)
+        self._labels = LabelState(path, stamp, keypoints, train.keypoints, train.row_ids,
+                                  entries, error)
+        return self._labels
+
+    def correct(self, changes: list[tuple[int, str, tuple[float, float]]], reason: str,
+                note: str = "") -> list[corrections.Correction]:
+        """Append one correction per (row, keypoint, new x/y) that changes something; each
+        line's "before" is read under this process's lock, right before the append, so two
+        sessions correcting the same point never write a "before" the log contradicts.
+        Returns the lines written."""
+        with self._labels_lock:
+            state = self._read_labels()
+            if state.error:
+                raise Unavailable(f"corrections are not saved while the log is broken: "
+                                  f"{state.error}")
+            lines = []
+            for row, keypoint, new in changes:
+                old = state.point(row, keypoint)
+                new = (float(new[0]), float(new[1]))
+                if not all(np.isfinite(new)):
+                    new = (np.nan, np.nan)
+                if np.allclose(old, new, atol=1e-3, equal_nan=True):
+                    continue
+                lines.append(corrections.Correction(row, keypoint, old, new, reason,
+                                                    note[:500]))
+            if not lines:
+                return []
+            try:
+                corrections.append(state.path, lines, self.train.fingerprint)
+            except OSError as exc:
+                raise Unavailable(f"could not write the corrections log {state.path}: "
+                                  f"{exc.strerror or exc}") from None
+            self._read_labels()
+            return lines
+
+    def suspects(self, run_id: str | None) -> pd.DataFrame:
+        """:func:`fkd_core.label_qa.find_suspects` on the corrected labels, with this run's
+        (in-sample) predictions for residuals and swaps, or none; computed once per run and
+        log state, shared by every session (a DataFrame the views never modify)."""
+        from fkd_core import label_qa
+
+        state = self.labels()
+        cached = self._suspects.get(run_id)
+        if cached is not None and cached[0] == state.stamp:
+            return cached[1]
+        with self._run_lock(f"suspects:{run_id}"):
+            state = self.labels()
+            cached = self._suspects.get(run_id)
+            if cached is not None and cached[0] == state.stamp:
+                return cached[1]
+            try:
+                if state.error:
+                    raise Unavailable(state.error)
+                pred = None if run_id is None else self.predictions(run_id)["train"]
+                train = self.train
+                found = label_qa.find_suspects(train.images, state.keypoints, train.row_ids,
+                                               pred)
+            except Unavailable as exc:
+                self._suspect_errors[run_id] = str(exc)
+                raise
+            self._suspect_errors.pop(run_id, None)
+            self._suspects[run_id] = (state.stamp, found)
+            return found
+
+    def latest_suspects(self, run_id: str | None) -> tuple[pd.DataFrame | None, str | None]:
+        """(the suspects last computed for this run, whatever the log's state since, or
+        None; the reason they could not be computed, or None) — never computes."""
+        cached = self._suspects.get(run_id)
+        return (None if cached is None else cached[1]), self._suspect_errors.get(run_id)
+
+    def suspects_current(self, run_id: str | None) -> bool:
+        cached = self._suspects.get(run_id)
+        return cached is not None and cached[0] == self.labels().stamp
+
     # -- subsets and errors -------------------------------------------------------------
 
     def subsets(self, run_id: str) -> list[str]:
@@ -289,6 +410,59 @@ class Store:
                     metrics.per_keypoint_distance(pred, truth),
                 )
         return self._errors[key]
+
+
+@dataclass(frozen=True)
+class LabelState:
+    """The training labels as corrected by the log at one moment (``stamp``)."""
+
+    path: Path | None
+    stamp: object
+    keypoints: np.ndarray  # (N, 30) corrected
+    original: np.ndarray  # (N, 30) as in training.csv
+    row_ids: np.ndarray
+    entries: list
+    error: str | None  # the log cannot be applied: why (labels are then the original)
+
+    @property
+    def count(self) -> int:
+        return len(self.entries)
+
+    def position(self, row: int) -> int:
+        found = np.flatnonzero(self.row_ids == row)
+        if not len(found):
+            raise Unavailable(f"row {row} is not in the training data")
+        return int(found[0])
+
+    def point(self, row: int, keypoint: str) -> tuple[float, float]:
+        k = KEYPOINT_NAMES.index(keypoint)
+        x, y = self.keypoints[self.position(row), 2 * k:2 * k + 2]
+        return float(x), float(y)
+
+    @functools.cached_property
+    def corrected_rows(self) -> frozenset[int]:
+        """Rows whose labels now differ from training.csv (an undone correction does not
+        count)."""
+        return _corrected_rows(self)
+
+
+def _corrected_rows(state: LabelState) -> frozenset[int]:
+    if not state.entries:
+        return frozenset()
+    a, b = state.keypoints, state.original
+    same = (np.abs(a - b) <= 1e-3) | (np.isnan(a) & np.isnan(b))
+    return frozenset(int(r) for r in state.row_ids[~same.all(axis=1)])
+
+
+def _stamp(path: Path | None) -> object:
+    """What changes when the file does (its size and time), or None if there is none."""
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 _STORES: dict[Settings, Store] = {}

@@ -569,6 +569,8 @@ def serve_cmd(
     address: str = typer.Option("127.0.0.1", "--address",
                                 help="Interface to listen on (default: this machine only)."),
     show: bool = typer.Option(False, "--show", help="Open the page in a web browser."),
+    corrections: Path = typer.Option(None, "--corrections", help="Label QA's corrections log "
+                                     "(default: this data's log in the per-user fkd folder)."),
 ):
     """Serve the dashboard (the page `panel serve app/` serves) on this data and these runs."""
     # This process becomes the server (no child process), so a signal sent to it stops it.
@@ -584,6 +586,8 @@ def serve_cmd(
         args += ["--data", str(data)]
     if show:
         args.append("--show")
+    if corrections is not None:
+        args += ["--corrections", str(corrections)]
     raise typer.Exit(serve(args))
 
 
