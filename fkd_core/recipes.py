@@ -113,7 +113,7 @@ def check_options(options: dict, where: str, base: Path | None = None) -> dict:
                               f"{', '.join(OPTIONS)}")
         types = OPTIONS[key]
         if isinstance(value, bool) or not isinstance(value, types):
-            wanted = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in types))
+            wanted = "a number" if types == _NUMBER else _TYPE_NAMES[types[0]]
             raise RecipeError(f"{where}: {key} must be {wanted}, not {_describe(value)}")
         if key in TABLE_OPTIONS:
             for k, v in value.items():

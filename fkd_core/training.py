@@ -387,8 +387,11 @@ def train(
     if config.label_offset is None:
         from fkd_core.calibration import estimate_label_offset
 
+        # With two labelling sources the complete rows are the reference convention; the
+        # four-keypoint rows' own offset is learned on top of it.
+        ref = data.complete if config.learn_source_offset else slice(None)
         config = dataclasses.replace(
-            config, label_offset=estimate_label_offset(data.images, data.keypoints)
+            config, label_offset=estimate_label_offset(data.images[ref], data.keypoints[ref])
         )
     split = split_rows(data, config)
     usable, targets = training_targets(data, config)
