@@ -447,7 +447,7 @@ class LabelQAView(pn.viewable.Viewer):
         proposal = None if cur is None else suggested_labels(cur, self._suspect)
         if proposal is not None:
             self._save(changes(self._row, cur, proposal),
-                       f"accepted suggestion: {self._suspect['reason']}")
+                       f"accepted suggestion ({str(self._suspect['reason']).split(':')[0]})")
 
     def swap_face(self) -> None:
         cur = self._current_labels()

@@ -168,17 +168,19 @@ def shoot_inspection(page, out: Path) -> dict[str, Path]:
 
 
 def shoot_label_qa(page, out: Path, timeout: float = TIMEOUT_MS) -> Path:
-    """Label QA judged by the first run: the list, then the top suspect opened and its
-    suggestion accepted (the ghost shows where training.csv had it)."""
+    """Label QA judged by the first run: the list, then the top suspect with a suggestion
+    opened and the suggestion accepted (the ghost shows where training.csv had it)."""
     goto_tab(page, "Label QA")
+    page.locator(".fkd-lqa-list-header", has_text="judged by").wait_for(timeout=timeout)
     select = page.locator(".fkd-lqa-run select")
     runs = select.locator("option").all_inner_texts()
     if len(runs) > 1:
         select.select_option(label=runs[1])
         page.locator(".fkd-lqa-list-header", has_text="predictions").wait_for(timeout=timeout)
-    first = page.locator(".fkd-lqa-suspects .tabulator-row").first
-    first.wait_for(timeout=timeout)
-    first.click()
+    rows = page.locator(".fkd-lqa-suspects .tabulator-row")
+    rows.first.wait_for(timeout=timeout)
+    residual = rows.filter(has_text="residual")  # one with a suggestion, if listed
+    (residual if residual.count() else rows).first.locator(".tabulator-cell").nth(2).click()
     page.locator(".fkd-lqa-editor").wait_for()
     accept = page.locator(".fkd-lqa-accept button")
     if accept.is_enabled():
