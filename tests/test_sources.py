@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from fkd_core import dataset, runs, synthetic
 from fkd_core.cli import app
-from fkd_core.evaluation import submission
+from fkd_core.evaluation import evaluate, submission
 from fkd_core.keypoints import ALWAYS_PRESENT, COLUMN_NAMES, clip_to_frame
 
 runner = CliRunner()
@@ -55,6 +55,10 @@ def test_learned_source_offset_recovers_the_planted_one(tmp_path):
     learned = run.config["source_offset"]
     assert abs(learned["dx"] - PLANTED[0]) < 0.3 and abs(learned["dy"] - PLANTED[1]) < 0.3, \
         learned
+
+    # fkd evaluate scores the four-keypoint rows with it, as training scored them.
+    assert evaluate(run, dataset.load(demo).train, subset="val").rmse == pytest.approx(
+        run.metrics["val_rmse"], rel=1e-4)
 
     # The submission adds it to the images the lookup table asks only 8 values for.
     kd = dataset.load(demo)
