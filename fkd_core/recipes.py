@@ -62,8 +62,7 @@ OPTIONS: dict[str, tuple] = {
 PATH_OPTIONS = ("data", "models", "corrections")
 #: Options that are KEY=VALUE lists on the command line and tables in a recipe.
 TABLE_OPTIONS = ("aug", "head_opt")
-_TYPE_NAMES = {str: "text", int: "a whole number", float: "a number", dict: "a table",
-               bool: "true or false"}
+_TYPE_NAMES = {str: "text", int: "a whole number", dict: "a table"}
 
 AUGMENT_PRESETS = {
     "none": {k: 0.0 for k in ("flip_prob", "rotate_prob", "scale_prob", "shift_prob",
@@ -121,8 +120,7 @@ def check_options(options: dict, where: str, base: Path | None = None) -> dict:
                     raise RecipeError(f"{where}: {key}.{k} must be a single value, not "
                                       f"{_describe(v)}")
         if key in PATH_OPTIONS and base is not None:
-            value = str(base / Path(value).expanduser()) if not Path(value).expanduser(
-            ).is_absolute() else str(Path(value).expanduser())
+            value = str(base / Path(value).expanduser())  # an absolute path stays as it is
         checked[key] = value
     return checked
 
