@@ -25,7 +25,7 @@ from app.state import LabelState, Store, Unavailable
 from app.untrusted import Message, html_text
 from fkd_core.audit import swap_labels
 from fkd_core.corrections import format_point
-from fkd_core.keypoints import FLIP_PERMUTATION, IMAGE_SIZE, KEYPOINT_NAMES, N_KEYPOINTS
+from fkd_core.keypoints import FLIP_PERMUTATION, FRAME, IMAGE_SIZE, KEYPOINT_NAMES, N_KEYPOINTS
 
 NO_RUN = "(none: shape, order and duplicates only)"
 ALL_REASONS = "every reason"
@@ -90,6 +90,7 @@ class LabelQAView(pn.viewable.Viewer):
         self._pending: set[str] = set()
         self._started = False
         self._frame: pd.DataFrame | None = None  # the store's suspects (shared: never changed)
+        self._judged: LabelState | None = None  # the labels those suspects judged
         self._shown_frame: pd.DataFrame | None = None  # this session's filtered copy
         self._row: int | None = None
         self._suspect = None  # the suspect the face was opened from (a row of the frame)
@@ -251,13 +252,13 @@ class LabelQAView(pn.viewable.Viewer):
         self._pending.discard(run_id or "")
         if run_id != self._run_id:
             return
-        frame, error = self.store.latest_suspects(run_id)
+        frame, judged, error = self.store.latest_suspects(run_id)
         if frame is None:
             self._say(error or "the suspects could not be found", "danger")
             self._table.visible = False
             return
         self._say("")
-        self._frame = frame
+        self._frame, self._judged = frame, judged
         self._filter()
 
     @param.depends("reason", watch=True)
@@ -343,7 +344,7 @@ class LabelQAView(pn.viewable.Viewer):
         self._moves.data = {"x0": orig_pts[moved, 0], "y0": orig_pts[moved, 1],
                             "x1": cur_pts[moved, 0], "y1": cur_pts[moved, 1],
                             "colour": COLOURS[moved]}
-        proposal = suggested_labels(cur, self._suspect)
+        proposal = self._proposal(state, pos, cur)
         hint = np.full((N_KEYPOINTS, 2), np.nan)
         if proposal is not None:
             pts = proposal.reshape(N_KEYPOINTS, 2)
@@ -360,7 +361,7 @@ class LabelQAView(pn.viewable.Viewer):
                 pred = self.store.predictions(run_id)["train"][pos].reshape(N_KEYPOINTS, 2)
             except Unavailable:
                 pass
-        self._pred.data = _points(np.clip(pred, -0.5, IMAGE_SIZE - 0.5))
+        self._pred.data = _points(np.clip(pred, *FRAME))
         current = _points(cur_pts)
         self._shown = dict(zip(current["name"], zip(current["x"], current["y"])))
         self._current.selected.indices = []
@@ -369,6 +370,16 @@ class LabelQAView(pn.viewable.Viewer):
         self._heading.object = self._heading_html(state, row)
         self._history.object = _history(state, row)
         self._show_log_state(state)
+
+    def _proposal(self, state: LabelState, pos: int, cur: np.ndarray) -> np.ndarray | None:
+        """The suspect's suggestion, while the face still has the labels it judged (after a
+        fix, a swap suggestion would only swap back)."""
+        judged = self._judged
+        if self._suspect is None or judged is None:
+            return None
+        if not np.allclose(judged.keypoints[pos], cur, atol=1e-3, equal_nan=True):
+            return None
+        return suggested_labels(cur, self._suspect)
 
     def _heading_html(self, state: LabelState, row: int) -> str:
         mark = (f" <span class='fkd-lqa-corrected'>{MARK} corrected</span>"
@@ -433,7 +444,8 @@ class LabelQAView(pn.viewable.Viewer):
             if not (math.isfinite(x) and math.isfinite(y)):
                 continue
             if abs(x - drawn[0]) > 1e-3 or abs(y - drawn[1]) > 1e-3:
-                edits.append((self._row, str(name), (round(x, 2), round(y, 2))))
+                x, y = (round(float(np.clip(v, *FRAME)), 2) for v in (x, y))  # on the image
+                edits.append((self._row, str(name), (x, y)))
         self._save(edits, "moved in Label QA")
 
     @in_document
@@ -443,8 +455,12 @@ class LabelQAView(pn.viewable.Viewer):
             self._keypoint.value = str(names[new[0]])
 
     def accept_suggestion(self) -> None:
-        cur = self._current_labels()
-        proposal = None if cur is None else suggested_labels(cur, self._suspect)
+        if self._row is None:
+            return
+        state = self.store.labels()
+        pos = state.position(self._row)
+        cur = state.keypoints[pos].astype(np.float64)
+        proposal = self._proposal(state, pos, cur)
         if proposal is not None:
             self._save(changes(self._row, cur, proposal),
                        f"accepted suggestion ({str(self._suspect['reason']).split(':')[0]})")

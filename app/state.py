@@ -90,7 +90,7 @@ class Store:
         self._label_offset: float | None = None
         self._labels_lock = threading.Lock()  # one writer of the log per process at a time
         self._labels: LabelState | None = None
-        self._suspects: dict[str | None, tuple[object, pd.DataFrame]] = {}
+        self._suspects: dict[str | None, tuple[LabelState, pd.DataFrame]] = {}
         self._suspect_errors: dict[tuple[str | None, object], str] = {}
         self.mean_face: np.ndarray | None = None
         self._load_data()
@@ -329,12 +329,12 @@ class Store:
 
         state = self.labels()
         cached = self._suspects.get(run_id)
-        if cached is not None and cached[0] == state.stamp:
+        if cached is not None and cached[0].stamp == state.stamp:
             return cached[1]
         with self._run_lock(f"suspects:{run_id}"):
             state = self.labels()
             cached = self._suspects.get(run_id)
-            if cached is not None and cached[0] == state.stamp:
+            if cached is not None and cached[0].stamp == state.stamp:
                 return cached[1]
             try:
                 if state.error:
@@ -347,18 +347,22 @@ class Store:
                 self._suspect_errors[run_id] = str(exc)
                 raise
             self._suspect_errors.pop(run_id, None)
-            self._suspects[run_id] = (state.stamp, found)
+            self._suspects[run_id] = (state, found)
             return found
 
-    def latest_suspects(self, run_id: str | None) -> tuple[pd.DataFrame | None, str | None]:
-        """(the suspects last computed for this run, whatever the log's state since, or
-        None; the reason they could not be computed, or None) — never computes."""
+    def latest_suspects(self, run_id: str | None
+                        ) -> tuple[pd.DataFrame | None, LabelState | None, str | None]:
+        """(the suspects last computed for this run, whatever the log's state since, or None;
+        the labels they judged; the reason they could not be computed, or None) — never
+        computes."""
         cached = self._suspects.get(run_id)
-        return (None if cached is None else cached[1]), self._suspect_errors.get(run_id)
+        if cached is None:
+            return None, None, self._suspect_errors.get(run_id)
+        return cached[1], cached[0], self._suspect_errors.get(run_id)
 
     def suspects_current(self, run_id: str | None) -> bool:
         cached = self._suspects.get(run_id)
-        return cached is not None and cached[0] == self.labels().stamp
+        return cached is not None and cached[0].stamp == self.labels().stamp
 
     # -- subsets and errors -------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated parse cache, a small demo data set, the optional faces15 set."""
+"""Shared fixtures: an isolated parse cache and fkd home, a small demo data set, the optional
+faces15 set."""
 
 from __future__ import annotations
 
@@ -23,6 +24,20 @@ def isolated_cache(tmp_path_factory):
         os.environ.pop("FKD_CACHE_DIR", None)
     else:
         os.environ["FKD_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_fkd_home(tmp_path_factory):
+    """Per-user fkd files (the label corrections logs) in a temporary folder: no test, and no
+    server a test starts, reads or writes the user's own."""
+    path = tmp_path_factory.mktemp("fkd-home")
+    old = os.environ.get("FKD_HOME")
+    os.environ["FKD_HOME"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("FKD_HOME", None)
+    else:
+        os.environ["FKD_HOME"] = old
 
 
 @pytest.fixture(scope="session")

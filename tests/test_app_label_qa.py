@@ -295,6 +295,16 @@ def test_the_default_log_is_the_clis(demo_dir, monkeypatch, tmp_path):
     assert given.corrections == str(Path("c.csv").absolute())
 
 
+def test_serve_passes_the_log_on():
+    """`fkd serve --corrections PATH` reaches the page as `panel serve app/ --args ...` does."""
+    from app.serve import panel_args, serve_command
+
+    args = panel_args("data", "models", corrections="/tmp/log.csv")
+    assert args[args.index("--args"):][-2:] == ["--corrections", "/tmp/log.csv"]
+    assert serve_command(corrections="x.csv")[-2:] == ["--corrections", "x.csv"]
+    assert "--corrections" not in panel_args("data", "models")
+
+
 def test_a_second_store_sees_corrections_and_a_broken_log_blocks_edits(demo_dir, tmp_path):
     from app.state import Settings, Store, Unavailable
 
@@ -332,3 +342,40 @@ def test_flip_audit_rows_open_in_label_qa(demo_dir, tmp_path):
     board._open_in_label_qa(row)
     assert board.tabs.active == TABS.index("Label QA")
     assert f"training.csv row {row} " in board.view("Label QA")._heading.object
+
+
+def test_a_suggestion_is_accepted_once(planted, tmp_path):
+    """Accepting a swap suggestion swaps the face once; the fixed face offers it no more (it
+    would only swap back). A residual's suggestion moves the point where the run put it."""
+    import pandas as pd
+
+    from app.label_qa_view import LabelQAView
+    from app.state import Settings, Store
+    from fkd_core.audit import swap_labels
+
+    path = tmp_path / "c.csv"
+    store = Store(Settings(str(planted), str(tmp_path / "models"), str(path)))
+    view = LabelQAView(store)
+    view.activate()  # no server: the suspects (by the labels alone) are found at once
+    assert view._table.value is not None and len(view._table.value)
+    row, truth = int(store.train.row_ids[4]), store.train.keypoints[4]
+    whole = pd.Series({"row": row, "keypoint": "", "score": 9.0, "suggested_x": math.nan,
+                       "suggested_y": math.nan,
+                       "reason": "swap: the whole face's left and right"})
+    view.show_row(row, whole)
+    assert not view._accept.disabled
+    view.accept_suggestion()
+    np.testing.assert_allclose(store.labels().keypoints[4], swap_labels(truth), atol=1e-4)
+    lines = len(corrections.read(path))
+    assert view._accept.disabled
+    view.accept_suggestion()
+    assert len(corrections.read(path)) == lines
+    other = int(store.train.row_ids[5])
+    residual = pd.Series({"row": other, "keypoint": "nose_tip", "score": 5.0,
+                          "suggested_x": 40.0, "suggested_y": 50.0,
+                          "reason": "residual: 9.0 px from the prediction"})
+    view.show_row(other, residual)
+    view.accept_suggestion()
+    assert store.labels().point(other, "nose_tip") == (40.0, 50.0)
+    assert corrections.read(path)[-1].reason == "accepted suggestion (residual)"
+    assert store.labels().corrected_rows == {row, other}
