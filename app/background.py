@@ -41,9 +41,11 @@ from concurrent.futures import ThreadPoolExecutor
 import panel as pn
 from panel.io.state import set_curdoc
 
+from app import transport
 from app.state import Unavailable
 
 log = logging.getLogger(__name__)
+transport.install()
 
 #: The process's workers for every session's slow work (the store makes concurrent requests
 #: for the same run wait for one computation, so a few threads are enough).

@@ -42,10 +42,8 @@ def face_figure(source: ColumnDataSource, scale: float, css_class: str):
         x_range=Range1d(*FRAME), y_range=Range1d(FRAME[1], FRAME[0]),
         frame_width=int(IMAGE_SIZE * scale), frame_height=int(IMAGE_SIZE * scale),
         toolbar_location=None, tools="", min_border=0, outline_line_color=None,
-        css_classes=[css_class],
+        css_classes=[css_class], x_axis_type=None, y_axis_type=None,
     )
-    fig.axis.visible = False
-    fig.grid.visible = False
     fig.image("image", x="x", y="y", dw="dw", dh="dh", source=source,
               color_mapper=grey_mapper())
     return fig
@@ -67,9 +65,8 @@ class FaceCanvas:
             x_range=Range1d(0, 1), y_range=Range1d(1, 0), toolbar_location=None, tools="",
             min_border=0, outline_line_color=None, css_classes=[css_class],
             background_fill_color="#f4f4f4", border_fill_color=None,
+            x_axis_type=None, y_axis_type=None,
         )
-        fig.axis.visible = False
-        fig.grid.visible = False
         fig.image("image", x="x", y="y", dw="dw", dh="dh", source=self.images,
                   color_mapper=grey_mapper())
         fig.segment("x0", "y0", "x1", "y1", source=self.segments, line_color="colour",

@@ -386,7 +386,9 @@ class ProtocolSession:
 
         self.protocol = Protocol()
         self.receiver = Receiver(self.protocol)
-        token = generate_jwt_token(generate_session_id())
+        session_id = generate_session_id()
+        self.label += f" (session {session_id[:12]})"  # to find it in the server log
+        token = generate_jwt_token(session_id)
         ws = await websocket_connect(self.ws_url, subprotocols=["bokeh", token],
                                      max_message_size=200 * 2**20)
         self.socket = WebSocketClientConnectionWrapper(ws)
@@ -523,7 +525,8 @@ class ProtocolSession:
         try:
             out = await asyncio.wait_for(fn(), self.wait_s + 5)
         except (Stuck, asyncio.TimeoutError) as exc:
-            seen = {c: self.text(c)[:120] for c in ("fkd-grid-header", "fkd-grid-message")
+            seen = {c: (self.text(c)[:120], self.find(c).id)
+                    for c in ("fkd-grid-header", "fkd-grid-message")
                     if self.doc is not None and self.find(c) is not None}
             self.tally.stuck.append(f"{self.label}: {name} never done, gave up after "
                                     f"{time.perf_counter() - t0:.1f} s {exc} "

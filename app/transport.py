@@ -1,0 +1,78 @@
+"""Two repairs to how Panel and Bokeh talk to browsers, for a server with many busy sessions.
+
+Both were found by ``benchmarks/bench_load.py`` (40 sessions on one server) and are installed
+once per process by :func:`install` (``app.background`` calls it on import).
+
+1. **Stranded writes** (Panel 1.9, ``panel.io.document``). When a session's socket is busy,
+   Panel queues a change's message (``_WRITE_MSGS``), marks the document blocked
+   (``_WRITE_BLOCK``) and starts a task that writes the queue once the socket is free. A task
+   that was already writing for that document clears the mark when it finishes, even if a
+   message was queued meanwhile; the new task then finds no mark and returns, and the message
+   waits for the session's *next* change. A page waiting for that very message — the Faces
+   tab's first page — then waits forever. :func:`_keep_writing` wraps the write task: when
+   one ends with messages still queued and no task left to write them, it starts one.
+2. **A closed connection's last message** (Bokeh 3.9, ``bokeh.server``). A message that
+   arrives while its browser tab is being closed is handled after Bokeh has detached the
+   connection from its session; Bokeh then logs ``AssertionError`` from
+   ``ServerConnection.session`` with a traceback, as if the server had failed. Nothing is
+   lost (the session is gone), so :class:`_ClosedConnection` turns those records into one
+   INFO line.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import traceback
+from pathlib import PurePath
+
+from panel.io import document as panel_document
+
+#: The loggers Bokeh's websocket handler and Tornado's callback runner report through.
+_LOGGERS = ("bokeh.server.views.ws", "tornado.application")
+
+
+def _keep_writing(dispatch):
+    """``panel.io.document._dispatch_msgs``, restarted while messages are left unwritten."""
+    original = getattr(dispatch, "__wrapped__", dispatch)
+
+    @functools.wraps(original)
+    async def dispatch_all(doc):
+        await original(doc)
+        if panel_document._WRITE_MSGS.get(doc) and doc not in panel_document._WRITE_BLOCK:
+            panel_document._WRITE_BLOCK[doc] = True
+            panel_document._dispatch_write_task(doc, dispatch_all, doc)
+
+    return dispatch_all
+
+
+def from_detached_connection(exc_info) -> bool:
+    """Whether a logged exception is Bokeh's assertion that a connection still has its
+    session (``bokeh/server/connection.py``, property ``session``)."""
+    if not exc_info or not isinstance(exc_info[1], AssertionError):
+        return False
+    frames = traceback.extract_tb(exc_info[2])
+    if not frames:
+        return False
+    last = frames[-1]
+    return last.name == "session" and PurePath(last.filename).parts[-3:] == (
+        "bokeh", "server", "connection.py")
+
+
+class _ClosedConnection(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and from_detached_connection(record.exc_info):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "dropped a message that arrived as its connection closed", ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def install() -> None:
+    """Apply both repairs (idempotent)."""
+    if not hasattr(panel_document._dispatch_msgs, "__wrapped__"):
+        panel_document._dispatch_msgs = _keep_writing(panel_document._dispatch_msgs)
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ClosedConnection) for f in logger.filters):
+            logger.addFilter(_ClosedConnection())
