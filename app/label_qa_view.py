@@ -435,6 +435,11 @@ class LabelQAView(pn.viewable.Viewer):
         nothing: only points that moved from where this session drew them count)."""
         if self._row is None:
             return
+        names = {str(n) for n in new.get("name", [])}
+        if not set(self._shown) <= names:  # PointDrawTool deletes a selected point on Backspace
+            self._say("Use 'mark missing' to un-label a keypoint.", "warning")
+            self._draw()
+            return
         edits = []
         for name, x, y in zip(new.get("name", []), new.get("x", []), new.get("y", [])):
             drawn = self._shown.get(str(name))

@@ -61,7 +61,8 @@ def models(tmp_path_factory, planted) -> Path:
 
 @pytest.fixture(scope="module")
 def served(planted, models, tmp_path_factory):
-    """(url, corrections log path) of a server writing to a log in a temporary folder."""
+    """(url, corrections log path, server log) of a server writing corrections to a log in a
+    temporary folder."""
     folder = tmp_path_factory.mktemp("label-qa")
     log, path = folder / "server.log", folder / "corrections.csv"
     srv = Server(planted, models, log=log, corrections=path)
@@ -69,16 +70,22 @@ def served(planted, models, tmp_path_factory):
         srv.start()
     except (RuntimeError, TimeoutError) as exc:
         pytest.fail(f"{exc}; server log:\n{log.read_text()[-3000:]}")
-    yield srv.url, path
+    yield srv.url, path, log
     srv.stop()
 
 
 @pytest.fixture
 def log_path(served) -> Path:
     """The server's corrections log, emptied: each test starts from training.csv's labels."""
-    _, path = served
+    _, path, _ = served
     path.unlink(missing_ok=True)
     return path
+
+
+def _check_server_log(served) -> None:
+    problems = [line for line in served[2].read_text(errors="replace").splitlines()
+                if re.search(r"Traceback|Error|ERROR|Exception", line)]
+    assert not problems, "server log:\n" + "\n".join(problems[:20])
 
 
 def _row(data) -> tuple[int, int]:
@@ -144,7 +151,7 @@ def _drag(s: Session, start: tuple[float, float], end: tuple[float, float]) -> N
 @pytest.mark.slow
 def test_a_dragged_keypoint_is_saved_persists_and_marks_the_grid(browser, served, log_path,
                                                                  data, tmp_path):
-    url, _ = served
+    url, _, _ = served
     row, pos = _row(data)
     truth = data.train.keypoints[pos].reshape(15, 2)
     k = KEYPOINT_NAMES.index("nose_tip")
@@ -194,11 +201,12 @@ def test_a_dragged_keypoint_is_saved_persists_and_marks_the_grid(browser, served
     other.check_console()
     for x in (s, other):
         x.page.context.close()
+    _check_server_log(served)
 
 
 @pytest.mark.slow
 def test_swap_left_right_then_undo(browser, served, log_path, data, tmp_path):
-    url, _ = served
+    url, _, _ = served
     row, pos = _row(data)
     truth = data.train.keypoints[pos]
     s = Session(browser, url, tmp_path)
@@ -237,7 +245,15 @@ def test_swap_left_right_then_undo(browser, served, log_path, data, tmp_path):
         label="mouth_left_corner ⇄ mouth_right_corner")
     s.page.locator(".fkd-lqa-swap-pair button").click()
     _wait_count(s, 26)
-    s.page.locator(".fkd-lqa-keypoint select").select_option("nose_tip")
+    # a click on a point selects it for "mark missing"; Backspace does not un-label it
+    nose = _points(s)["nose_tip"]
+    s.page.mouse.click(*_screen(s, *nose))
+    browser_harness.sync_api.expect(s.page.locator(".fkd-lqa-keypoint select")).to_have_value(
+        "nose_tip")
+    s.page.keyboard.press("Backspace")  # Bokeh's PointDrawTool drops the selected point…
+    expect_text(s, "Use 'mark missing' to un-label a keypoint.")  # …and the page puts it back
+    s.check("nose_tip" in _points(s), "Backspace does not remove a point")
+    _wait_count(s, 26)
     s.page.locator(".fkd-lqa-missing button").click()
     _wait_count(s, 27)
     s.check("nose_tip" not in _points(s), "a missing keypoint is not drawn")
@@ -248,13 +264,14 @@ def test_swap_left_right_then_undo(browser, served, log_path, data, tmp_path):
     s.shot("label-qa")
     s.check_console()
     s.page.context.close()
+    _check_server_log(served)
 
 
 @pytest.mark.slow
 def test_a_suspect_opens_its_face(browser, served, log_path, tmp_path):
     """Judged by a run, then by the labels alone: the list's first row opens its face with
     the suspect's reason (the planted swaps break the face's left/right order)."""
-    url, _ = served
+    url, _, _ = served
     s = Session(browser, url, tmp_path)
     ui.goto_tab(s.page, "Label QA")
     s.page.locator(".fkd-lqa-list-header", has_text="judged by the labels alone").wait_for(
