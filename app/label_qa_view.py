@@ -260,6 +260,10 @@ class LabelQAView(pn.viewable.Viewer):
         self._say("")
         self._frame, self._judged = frame, judged
         self._filter()
+        if self._row is not None:  # a face opened meanwhile: this list's suspect for it
+            found = frame[frame.row == self._row]
+            self._suspect = found.iloc[0] if len(found) else None
+            self._draw()
 
     @param.depends("reason", watch=True)
     @in_document
