@@ -254,6 +254,8 @@ def train_cmd(
     source_offset: str = typer.Option(
         "off", "--source-offset", help="learn: fit one (x, y) offset for the four-keypoint "
         "rows' labelling convention, used for them and for the 8-value lookup rows."),
+    sweep_tag: str = typer.Option(None, "--sweep-tag", hidden=True,
+                                  help="JSON {id, values} of the sweep trial this run is."),
 ):
     """Train a model; the run folder appears under --models only when it is complete."""
     from fkd_core import recipes
@@ -267,6 +269,7 @@ def train_cmd(
     except recipes.RecipeError as exc:
         fail(str(exc))
     run_id = _run_id(options.get("run_id"))
+    sweep = _sweep_tag(sweep_tag)
     train_set, applied = _corrected(_load_train(_option_path(options, "data")),
                                     _option_path(options, "corrections"))
     try:
@@ -274,12 +277,137 @@ def train_cmd(
             train_set, config, _models_dir(_option_path(options, "models")), run_id=run_id,
             verbose=_verbose(), corrections=applied,
             recipe={**recipe.provenance(), "options": options} if recipe else None,
+            sweep=sweep,
         )
     except KeyboardInterrupt:
         fail("training interrupted; no run was saved", code=130)
     except (ValueError, FileExistsError, FloatingPointError) as exc:
         fail(str(exc))
     _print_run_result(out_path)
+
+
+def _sweep_tag(text: str | None) -> dict | None:
+    """The sweep trial a ``fkd sweep --parallel`` subprocess trains, as its config records it."""
+    if text is None:
+        return None
+    try:
+        tag = json.loads(text)
+    except ValueError:
+        tag = None
+    if not (isinstance(tag, dict) and set(tag) == {"id", "values"}
+            and isinstance(tag["id"], str) and isinstance(tag["values"], dict)):
+        fail(f"--sweep-tag must be JSON {{\"id\": ..., \"values\": {{...}}}}, not {text!r}")
+    return tag
+
+
+def _values(values: dict) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+
+
+@app.command("sweep", context_settings={"allow_extra_args": True,
+                                        "ignore_unknown_options": True})
+def sweep_cmd(
+    ctx: typer.Context,
+    grid: list[str] = typer.Option([], "--grid", metavar="KEY=V1,V2", help="Values to try for "
+                                   "one train option (lr, dropout, width, arch, "
+                                   "aug.rotate_deg, ...); repeat for more options."),
+    draws: int = typer.Option(None, "--random", min=1, help="Train N random combinations "
+                              "(drawn with --seed) instead of all of them."),
+    backend: str = typer.Option("local", "--backend", help="local (ray is not in this "
+                                "version)."),
+    parallel: int = typer.Option(1, "--parallel", min=1, help="Trials at once, each an "
+                                 "`fkd train` process."),
+    sweep_id: str = typer.Option(None, "--sweep-id", help="Name of the sweep (default: from "
+                                 "its settings, so the same command resumes it)."),
+):
+    """Train every combination of the --grid values (every other option is fkd train's, a
+    --config recipe included) as runs tagged with the sweep; run it again to resume."""
+    from fkd_core import recipes, sweeps
+
+    if backend == "ray":
+        fail("--backend ray is not implemented in this version; use --backend local "
+             "(with --parallel N for several trials at once)")
+    if backend != "local":
+        fail(f"--backend must be local or ray, not {backend!r}")
+    train_command = ctx.parent.command.get_command(ctx.parent, "train")
+    train_ctx = train_command.make_context("fkd sweep", list(ctx.args), parent=ctx.parent)
+    config_file = train_ctx.params.get("config_file")
+    if train_ctx.params.get("sweep_tag") is not None:
+        fail("--sweep-tag is set by fkd sweep itself")
+    try:
+        recipe = recipes.read_recipe(config_file) if config_file is not None else None
+        options = recipes.merge(recipe.options if recipe else {},
+                                _given_options(train_ctx, TRAIN_OPTION_NAMES))
+    except recipes.RecipeError as exc:
+        fail(str(exc))
+    if options.get("run_id"):
+        fail("--run-id: a sweep names its trials' runs itself (give --sweep-id)")
+    data_path = _data_path(_option_path(options, "data"))
+    options["data"] = str(data_path.resolve())
+    if options.get("corrections"):
+        options["corrections"] = str(Path(options["corrections"]).resolve())
+    models_dir = _models_dir(_option_path(options, "models"))
+    try:
+        sweep = sweeps.plan(options, sweeps.parse_grid(grid), draws=draws, sweep_id=sweep_id,
+                            recipe=recipe.provenance() if recipe else None)
+    except (sweeps.SweepError, recipes.RecipeError) as exc:
+        fail(str(exc))
+    train_set, applied = _corrected(_load_train(data_path),
+                                    _option_path(options, "corrections"))
+    out.print(f"sweep [bold]{escape(sweep.sweep_id)}[/]: {len(sweep.trials)} trials"
+              + (f", {parallel} at a time" if parallel > 1 else ""), highlight=False)
+
+    def report(state, trial, index, total, **d):
+        name = f"[{index}/{total}] {escape(trial.run_id)}"
+        if state == "training":
+            out.print(f"{name}: training ({escape(_values(trial.values))})", highlight=False,
+                      soft_wrap=True)
+        elif state == "failed":
+            out.print(f"{name}: [red]failed[/]: {escape(d['error'])}", highlight=False,
+                      soft_wrap=True)
+        else:
+            took = "already there, kept" if state == "exists" else f"done in {_age(d['seconds'])}"
+            out.print(f"{name}: {took}, val RMSE {_px(d.get('val_rmse'))} px", highlight=False,
+                      soft_wrap=True)
+
+    try:
+        record = sweeps.run_sweep(sweep, models_dir, train_set=train_set, corrections=applied,
+                                  parallel=parallel, on_event=report, verbose=_verbose(),
+                                  config_file=config_file)
+    except KeyboardInterrupt:
+        fail("sweep interrupted; finished trials are kept, rerun to continue", code=130)
+    except sweeps.SweepError as exc:
+        fail(str(exc))
+    summary = sweeps.summarise(record, sweeps.sweep_folder(models_dir, sweep.sweep_id))
+    if summary.best:
+        out.print(f"best trial {escape(summary.best['run_id'])}: val RMSE "
+                  f"{summary.best['val_rmse']:.3f} px ({escape(_values(summary.best['values']))})",
+                  highlight=False, soft_wrap=True)
+    if summary.failed:
+        fail(f"{summary.failed} of {summary.total} trials failed (recorded in "
+             f"{summary.path / sweeps.RECORD}); rerun the same command to try them again")
+
+
+@app.command("sweeps")
+def sweeps_cmd(models: Path = MODELS_OPTION):
+    """List sweeps: progress (done, failed, total) and the best trial by validation RMSE."""
+    from fkd_core import sweeps
+
+    models = _models_dir(models)
+    found = sweeps.list_sweeps(models)
+    if not found:
+        out.print(f"no sweeps in {escape(str(models))} yet — start one with: fkd sweep "
+                  "--grid lr=1e-3,3e-4")
+        return
+    for s in found:  # one line each: run ids are long, and a table would cut them
+        if s.error:
+            out.print(f"[red]broken[/] sweep {escape(s.sweep_id)}: {escape(s.error)}",
+                      highlight=False, soft_wrap=True)
+            continue
+        best = (f"best {escape(s.best['run_id'])}, val RMSE {s.best['val_rmse']:.3f} px "
+                f"({escape(_values(s.best['values']))})" if s.best else "no trial done yet")
+        out.print(f"sweep [bold]{escape(s.sweep_id)}[/]: {s.done}/{s.total} done, {s.failed} "
+                  f"failed; {best}", highlight=False, soft_wrap=True)
 
 
 def _print_run_result(path: Path) -> None:

@@ -166,6 +166,14 @@ def check_config(config) -> dict:
         recipe.text("path", required=False)
         recipe.text("sha256", required=False)
         recipe.mapping("options", required=False)
+    sweep = c.mapping("sweep", required=False)
+    if sweep is not None:
+        sweep.text("id")
+        values = sweep.mapping("values")
+        for key, value in values.obj.items():
+            if isinstance(value, (dict, list)) or (isinstance(value, float)
+                                                    and not math.isfinite(value)):
+                values.fail(key, f"must be a single value, not {_describe(value)}")
     data = c.mapping("data", required=False)
     if data is not None:
         data.text("source", required=False)

@@ -269,6 +269,26 @@ def _time_budget(minutes: float):
     return TimeBudget()
 
 
+def _tensorboard(folder: Path) -> list:
+    """Keras's TensorBoard callback writing each epoch's scalars under ``folder``, so
+    ``tensorboard --logdir models/`` shows every run. Epoch scalars only: no graph, histograms
+    or profiling, which cost time and disk on every run.
+
+    Keras needs the ``tensorboard`` package (an fkd dependency) to write; an environment
+    installed before it was one trains without the logs and says so once."""
+    import importlib.util
+    import warnings
+
+    import keras
+
+    if importlib.util.find_spec("tensorboard") is None:
+        warnings.warn("no TensorBoard logs written: the tensorboard package is not installed "
+                      "(pip install tensorboard)", stacklevel=3)
+        return []
+    return [keras.callbacks.TensorBoard(str(folder), histogram_freq=0, write_graph=False,
+                                        update_freq="epoch", profile_batch=0)]
+
+
 def build_model(config: TrainConfig):
     import keras
 
@@ -366,12 +386,14 @@ def train(
     on_staged: Callable[[Path], None] | None = None,
     corrections: dict | None = None,
     recipe: dict | None = None,
+    sweep: dict | None = None,
 ) -> Path:
     """Train one model on ``data`` and write its run folder; returns the folder's path.
 
     ``corrections`` describes a label corrections log already applied to ``data`` (path,
     hash, count: :func:`fkd_core.corrections.corrected`); the run records it, and
-    ``recipe`` (the recipe file's path, hash and the merged options) likewise.
+    ``recipe`` (the recipe file's path, hash and the merged options) likewise, and ``sweep``
+    (the sweep's id and this trial's swept values, :mod:`fkd_core.sweeps`).
 
     With ``config.learn_source_offset`` the four-keypoint rows' labels may follow another
     convention than the complete rows': one (x, y) offset is learned for them alongside the
@@ -444,6 +466,7 @@ def train(
             ),
             keras.callbacks.CSVLogger(str(staging / "history.csv")),
             keras.callbacks.TerminateOnNaN(),
+            *_tensorboard(staging / "tensorboard"),
             *extra_callbacks,
         ]
         if config.schedule == "plateau":
@@ -485,6 +508,7 @@ def train(
             **({"corrections": corrections} if corrections else {}),
             **({"source_offset": source_offset} if source_offset else {}),
             **({"recipe": recipe} if recipe else {}),
+            **({"sweep": sweep} if sweep else {}),
         ))
     return Path(models_dir) / run_id
 
