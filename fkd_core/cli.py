@@ -330,7 +330,7 @@ def sweep_cmd(
     if backend != "local":
         fail(f"--backend must be local or ray, not {backend!r}")
     train_command = ctx.parent.command.get_command(ctx.parent, "train")
-    train_ctx = train_command.make_context("fkd sweep", list(ctx.args), parent=ctx.parent)
+    train_ctx = train_command.make_context("sweep", list(ctx.args), parent=ctx.parent)
     config_file = train_ctx.params.get("config_file")
     if train_ctx.params.get("sweep_tag") is not None:
         fail("--sweep-tag is set by fkd sweep itself")

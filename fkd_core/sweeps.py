@@ -379,8 +379,16 @@ def run_sweep(
                      "error": None, "val_rmse": None, "seconds": None}
             record["trials"].append(entry)
             if (models_dir / trial.run_id).exists():
-                entry.update(status="done", val_rmse=_val_rmse(models_dir / trial.run_id))
-                report("exists", trial, i, total, val_rmse=entry["val_rmse"])
+                from fkd_core.runs import read_run
+
+                run = read_run(models_dir / trial.run_id)
+                if run.ok:
+                    entry.update(status="done", val_rmse=run.val_rmse)
+                    report("exists", trial, i, total, val_rmse=run.val_rmse)
+                else:  # never trained over: the folder is someone's to look at or remove
+                    entry.update(status="failed", error=f"run folder {run.path} exists but is "
+                                 f"broken ({run.error}); remove it to train this trial again")
+                    report("failed", trial, i, total, error=entry["error"])
             else:
                 todo.append((i, trial, entry))
         write_record(path, record)

@@ -194,3 +194,31 @@ def test_parallel_trials_run_as_train_processes_with_a_recipe(demo_dir, tmp_path
         assert r.config["epochs_run"] == 1
         assert r.config["recipe"]["path"] == str(recipe)
         assert (models / "_sweeps" / "par" / f"{r.id}.log").is_file()
+
+
+def test_same_sweep_id_with_other_settings_is_refused(grid_sweep, demo_dir, models):
+    before = sorted(p.name for p in models.iterdir())
+    result = _sweep(demo_dir, models, "--grid", "lr=0.001,0.01", "--sweep-id", "grid")
+    assert result.exit_code == 1, result.output
+    assert "sweep grid exists with other settings" in _flat(result)
+    assert sorted(p.name for p in models.iterdir()) == before
+
+
+def test_unknown_train_option_is_refused(demo_dir, tmp_path):
+    result = _sweep(demo_dir, tmp_path, "--lrr", "3", "--grid", "lr=0.001,0.0003")
+    assert result.exit_code == 2, result.output
+    assert "--lrr" in _flat(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_broken_trial_folder_is_reported_not_trained_over(demo_dir, tmp_path):
+    plan = sweeps.plan({"data": str(demo_dir)}, sweeps.parse_grid(["lr=0.001,0.0003"]),
+                       sweep_id="half")
+    (tmp_path / plan.trials[0].run_id).mkdir()  # a folder missing every file
+    (tmp_path / plan.trials[1].run_id).mkdir()
+    result = _sweep(demo_dir, tmp_path, "--grid", "lr=0.001,0.0003", "--sweep-id", "half")
+    assert result.exit_code == 1, result.output
+    record = sweeps.read_record(tmp_path / "_sweeps" / "half" / "sweep.json")
+    assert [t["status"] for t in record["trials"]] == ["failed", "failed"]
+    assert "exists but is broken (missing model.keras" in record["trials"][0]["error"]
+    assert not list((tmp_path / plan.trials[0].run_id).iterdir())
