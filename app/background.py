@@ -115,13 +115,36 @@ def on_click(button, handler: Callable[[], None]) -> None:
 
 def in_document(method):
     """Decorator for a view's param watchers (and other change handlers) that write Bokeh
-    models: the call runs as described in the module docstring."""
+    models: the call runs as described in the module docstring.
+
+    A call without arguments (a ``param.depends(..., watch=True)`` watcher: it reads the view's
+    current state) is queued once: further calls while it waits, or while it runs (the
+    changes a handler makes itself, such as a view's batched choices), are covered by it.
+    Without this, one user action that sets three parameters would redraw three times — and
+    send the page's images three times.
+    """
+    name = method.__name__
+
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         doc = _session_doc()
         if doc is None:
             return method(self, *args, **kwargs)
-        _queue(doc, functools.partial(method, self, *args, **kwargs))
+        if args or kwargs:
+            _queue(doc, functools.partial(method, self, *args, **kwargs))
+            return None
+        pending = vars(self).setdefault("_fkd_pending_calls", set())
+        if name in pending:
+            return None
+        pending.add(name)
+
+        def once() -> None:
+            try:
+                method(self)
+            finally:
+                pending.discard(name)
+
+        _queue(doc, once)
         return None
 
     return wrapper

@@ -131,6 +131,37 @@ def test_concurrent_sessions_stay_apart(browser, served, tmp_path):
         u.page.context.close()
 
 
+def test_opening_faces_sends_its_page_once(browser, served, tmp_path):
+    """The tab's first page is computed and sent once: the choices a view sets while it is
+    built must not each redraw it (every redraw sends every face's image again)."""
+    url, _ = served
+    first_user = User(browser, url, tmp_path, "first")
+    ui.goto_tab(first_user.page, "Faces")  # the run's predictions are cached from now on
+    first_user.wait_header("page 1 of")
+    first_user.page.context.close()
+    u = User(browser, url, tmp_path, "once")
+    images: list[int] = []
+
+    def watch(ws):
+        ws.on("framereceived", lambda payload: images.append(1) if isinstance(
+            payload, bytes) and len(payload) == 96 * 96 else None)
+
+    u.page.on("websocket", watch)
+    u.page.reload()
+    u.page.locator(".fkd-leaderboard").get_by_text(RUN, exact=True).wait_for()
+    images.clear()
+    ui.goto_tab(u.page, "Faces")
+    u.wait_header("page 1 of")
+    u.page.wait_for_timeout(1500)
+    header = u.page.locator(".fkd-grid-header", has_text="page 1 of").first.evaluate(
+        "e => (e.shadowRoot || e).textContent")
+    first, last = map(int, re.search(r"faces (\d+)–(\d+) of", header).groups())
+    assert len(images) == last - first + 1, f"{len(images)} face images sent for " \
+        f"{last - first + 1} faces on the page"
+    u.check_console()
+    u.page.context.close()
+
+
 def test_page_needs_nothing_but_its_server(browser, served, tmp_path):
     url, _ = served
     host = url.split("/")[2]
