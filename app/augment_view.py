@@ -26,7 +26,7 @@ from bokeh.models import ColumnDataSource, HoverTool, LabelSet
 
 from app.background import WORKERS, compute_then_update, in_document, on_click
 from app.faces import COLOURS, NAMES, FaceCanvas
-from app.state import Store, Unavailable
+from app.state import Store, Unavailable, import_tensorflow
 from app.untrusted import Message, html_text
 from fkd_core.keypoints import KEYPOINT_NAMES, N_KEYPOINTS, as_points, side
 
@@ -129,6 +129,7 @@ def warm_up(store: Store) -> None:
             return
         train = store.train
         if train is not None and len(train):
+            import_tensorflow()
             from fkd_core.augment import AugmentConfig, augment_samples
 
             store.label_offset()

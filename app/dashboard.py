@@ -1,9 +1,12 @@
 """The page: a header and tabs — leaderboard, face grid, data overview, augmentation QA, flip
 audit, activation maps and label QA.
 
-A new session builds only the header and the leaderboard; every other tab's view is built the
-first time that tab is shown (or another view sends the user there), so opening the page costs
-one light view, and sessions that never open a tab never pay for it.
+A new session builds only the header and the leaderboard, so the first paint costs one light
+view. Every other tab's view is built the first time that tab is shown (or another view sends
+the user there) — except the two tabs people go to first, Faces and Augment (:data:`PREFETCH`),
+which are built once the page has painted, one per event-loop turn so other sessions' work
+interleaves, and reach the browser while the user reads the leaderboard: switching to them is
+then a browser-side switch (about 70 ms instead of a second, measured with one session).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from app.leaderboard import Leaderboard
 from app.state import Store
 from app.untrusted import html_text, markdown_text
 
+#: Tabs built as soon as the page has painted rather than when first shown.
+PREFETCH = ("Faces", "Augment")
 TABS = ("Leaderboard", "Faces", "Data", "Augment", "Flip audit", "Activations", "Label QA")
 
 
@@ -62,6 +67,19 @@ class Dashboard(pn.viewable.Viewer):
             margin=(5, 10),
         )
         self._layout = pn.Column(header, banner, self.tabs, sizing_mode="stretch_width")
+        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+            pn.state.onload(self._prefetch)
+
+    def _prefetch(self) -> None:
+        for name in PREFETCH:
+            self._build(name)
+
+    @in_document
+    def _build(self, name: str) -> None:
+        """Build one tab's view now (queued: each its own turn of the event loop)."""
+        view = self.view(name)
+        if hasattr(view, "activate"):
+            view.activate()
 
     def view(self, name: str):
         """The tab's view, built (and put into its tab) the first time it is asked for."""

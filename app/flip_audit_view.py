@@ -209,6 +209,7 @@ class FlipAuditView(pn.viewable.Viewer):
 
     # -- detail -------------------------------------------------------------------------
 
+    @in_document  # one held update: the detail arrives as one message, not a dozen
     def _on_tap(self, attr, old, new) -> None:
         if not new:
             return

@@ -24,6 +24,8 @@ from fkd_core.keypoints import KEYPOINT_NAMES
 SORTS = ("worst first", "one keypoint's error", "row order", "random")
 NO_COMPARE = "(none)"
 COLUMNS = {12: 6, 24: 6, 48: 8, 96: 12}
+#: Panel's modal fades its content in over 0.6 s; a face's detail should be there at once.
+NO_FADE = ".dialog-overlay, .dialog-content { animation: none; }"
 
 
 class FaceGrid(pn.viewable.Viewer):
@@ -62,7 +64,8 @@ class FaceGrid(pn.viewable.Viewer):
         )
         on_click(self._to_augment, self._open_row_elsewhere)
         self._modal = pn.Modal(pn.Column(self._to_augment, self.detail), open=False,
-                               show_close_button=True, css_classes=["fkd-detail"])
+                               show_close_button=True, css_classes=["fkd-detail"],
+                               stylesheets=[NO_FADE])
         self._message = Message("fkd-grid-message")
         self._header = pn.pane.HTML("", css_classes=["fkd-grid-header"], margin=(0, 10))
         self._legend = pn.pane.HTML("", margin=(0, 10), styles={"font-size": "12px"})
@@ -337,6 +340,7 @@ class FaceGrid(pn.viewable.Viewer):
 
     # -- detail -------------------------------------------------------------------------
 
+    @in_document  # one held update: the detail arrives as one message, not a dozen
     def _on_tap(self, attr, old, new) -> None:
         if not new:
             return

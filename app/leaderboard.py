@@ -189,6 +189,7 @@ class Leaderboard(pn.viewable.Viewer):
         self._source.selected.indices = []
         self._source.data = data
 
+    @in_document  # one held update: the detail arrives as one message, not a dozen
     def _on_tap(self, attr, old, new) -> None:
         if not new:
             return

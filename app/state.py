@@ -26,6 +26,20 @@ from fkd_core.keypoints import KEYPOINT_NAMES
 SUBSETS = ("validation", "training", "all", "test")
 
 
+_TF_IMPORT = threading.Lock()
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow and Keras, one thread at a time. Worker threads that import them at
+    once (a session's predictions while the server warms up augmentation) can meet a
+    partially initialised module — "cannot import name 'Optimizer' from partially
+    initialized module 'keras.src.optimizers'" — and the run would be shown as broken.
+    Every worker that may be the first to import them calls this first."""
+    with _TF_IMPORT:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+
+
 class Unavailable(Exception):
     """Something a view cannot show, with a message meant for the page (never a traceback)."""
 
@@ -199,6 +213,7 @@ class Store:
             if run_id in errors:
                 raise Unavailable(errors[run_id])
             try:
+                import_tensorflow()
                 done[run_id] = load()
             except Exception as exc:  # any load failure becomes a message in the page
                 message = f"run {run_id} could not be loaded: {type(exc).__name__}: {exc}"

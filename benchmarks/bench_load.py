@@ -8,8 +8,10 @@ Every (mode, N) gets a fresh ``panel serve`` on a free 127.0.0.1 port (``app.ser
 warmed up by one browser session doing the whole sequence once (reported as "cold"), then:
 
   (a) N Chromium sessions (one headless browser, one context each, driven concurrently with
-      Playwright's async API) each do open → Faces → 10× next → detail → Augment.
-  (b) one measured Chromium session does the same (--repeat times, a new session each time)
+      Playwright's async API) each do open → Faces → 10× next → detail → Augment, looking
+      at each result for --think seconds (1 s; not counted in any action's time) before the
+      next action, as a person would.
+  (b) one measured Chromium session does the same, same pace (--repeat times, a new session each time)
       while N−1 other sessions are driven at the protocol level: real server sessions (the
       server builds the page for each, as for a browser) whose clients, in a second process,
       speak Bokeh's websocket protocol, click the same buttons, tap faces and switch tabs, one
@@ -223,13 +225,20 @@ async def click_face(page, index: int) -> None:
 class BrowserSession:
     """One context (its own cookies, its own server session) doing the measured sequence."""
 
+    #: Seconds a user looks at a result before the next action (set from --think).
+    think = 1.0
+
     def __init__(self, browser, url: str, tally: Tally, label: str, limits: tuple[float, float]):
         self.browser, self.url, self.tally, self.label = browser, url, tally, label
         self.stuck_s, wait_s = limits
         self.timeout_ms = 1000 * wait_s
         self.page = None
+        self.acted = False
 
     async def act(self, name: str, fn) -> object:
+        if self.acted:
+            await asyncio.sleep(self.think)  # not part of any action's time
+        self.acted = True
         t0 = time.perf_counter()
         try:
             out = await asyncio.wait_for(fn(), self.timeout_ms / 1000 + 5)
@@ -937,6 +946,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="measured sequences in mode b")
     ap.add_argument("--interval", type=float, default=1.0,
                     help="mean seconds between a protocol session's actions (mode b)")
+    ap.add_argument("--think", type=float, default=1.0,
+                    help="seconds a browser session waits after each result before its next "
+                         "action (a person looks at the page; 0: back to back)")
     ap.add_argument("--stuck-seconds", type=float, default=60.0,
                     help="an action slower than this is a stuck view")
     ap.add_argument("--wait-seconds", type=float, default=180.0,
@@ -950,6 +962,7 @@ def main() -> None:
         print(markdown(json.loads(args.report.read_text())))
         return
     deadline = time.time() + args.max_seconds
+    BrowserSession.think = args.think
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("FKD_CACHE_DIR", str(args.work / "cache"))
@@ -960,6 +973,7 @@ def main() -> None:
         data, models = args.data, args.models
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
               "machine": machine(), "data": str(data), "models": str(models),
+              "think_s": args.think, "interval_s": args.interval,
               "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": []}
     for mode in args.mode:
         for n in args.sessions:
