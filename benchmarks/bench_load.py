@@ -12,11 +12,11 @@ warmed up by one browser session doing the whole sequence once (reported as "col
       at each result for --think seconds (1 s; not counted in any action's time) before the
       next action, as a person would.
   (b) one measured Chromium session does the same at the same pace (--repeat times, a new
-      session each time) while N−1 other sessions are driven at the protocol level: real server sessions (the
-      server builds the page for each, as for a browser) whose clients, in a second process,
-      speak Bokeh's websocket protocol, click the same buttons, tap faces and switch tabs, one
-      action every --interval seconds each. This measures the server, not 40 browsers
-      fighting for 2 cores.
+      session each time) while N−1 other sessions are driven at the protocol level: real
+      server sessions (the server builds the page for each, as for a browser) whose clients,
+      in a second process, speak Bokeh's websocket protocol, click the same buttons, tap
+      faces and switch tabs, one action every --interval seconds each. This measures the
+      server, not 40 browsers fighting for 2 cores.
 
 Actions and what "done" means (the page is read through Playwright's shadow-piercing locators):
   open     goto → the tab bar is shown        Faces    tab click → "page 1 of" and faces
