@@ -7,10 +7,15 @@ the user there) — except the two tabs people go to first, Faces and Augment (:
 which are built once the page has painted, one per event-loop turn so other sessions' work
 interleaves, and reach the browser while the user reads the leaderboard: switching to them is
 then a browser-side switch (about 70 ms instead of a second, measured with one session).
+Prefetching gives way to everything else: it waits while any session's page is still
+opening (:data:`_OPENING`), and the process builds one prefetched tab at a time
+(:data:`_IN_FLIGHT`), so a burst of new users is not slowed down by the tabs of those who came
+a moment earlier, and a user's click never waits behind more than one prefetched build.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import panel as pn
@@ -28,6 +33,26 @@ from app.untrusted import html_text, markdown_text
 
 #: Tabs built as soon as the page has painted rather than when first shown.
 PREFETCH = ("Faces", "Augment")
+#: Sessions of this process whose page is still opening: session id → when it was built
+#: (only touched on the server's event loop).
+_OPENING: dict[str, float] = {}
+#: A page that has not finished opening after this long (its tab was closed, say) no longer
+#: holds back other sessions' prefetching.
+OPENING_AT_MOST_S = 20.0
+#: How often a session waiting to prefetch looks again.
+PREFETCH_RETRY_MS = 250
+#: When the one prefetched build in flight was queued (empty: none); one queued longer ago
+#: than PREFETCH_STALE_S (its session closed first) no longer blocks the others.
+_IN_FLIGHT: list[float] = []
+PREFETCH_STALE_S = 2.0
+
+
+def _others_opening(session_id: str) -> bool:
+    now = time.monotonic()
+    for sid, since in list(_OPENING.items()):
+        if now - since > OPENING_AT_MOST_S:
+            _OPENING.pop(sid, None)
+    return any(sid != session_id for sid in _OPENING)
 TABS = ("Leaderboard", "Faces", "Data", "Augment", "Flip audit", "Activations", "Label QA")
 
 
@@ -67,19 +92,41 @@ class Dashboard(pn.viewable.Viewer):
             margin=(5, 10),
         )
         self._layout = pn.Column(header, banner, self.tabs, sizing_mode="stretch_width")
-        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-            pn.state.onload(self._prefetch)
+        doc = pn.state.curdoc
+        self._doc = doc if doc is not None and doc.session_context is not None else None
+        if self._doc is not None:
+            self._sid = self._doc.session_context.id
+            _OPENING[self._sid] = time.monotonic()
+            pn.state.onload(self._loaded)
+            pn.state.on_session_destroyed(lambda _ctx, sid=self._sid: _OPENING.pop(sid, None))
+
+    def _loaded(self) -> None:
+        _OPENING.pop(self._sid, None)
+        self._prefetch()
 
     def _prefetch(self) -> None:
-        for name in PREFETCH:
-            self._build(name)
+        """Build the next :data:`PREFETCH` tab, once nothing else is opening or prefetching."""
+        todo = [name for name in PREFETCH if name not in self._views]
+        if not todo:
+            return
+        now = time.monotonic()
+        if (_IN_FLIGHT and now - _IN_FLIGHT[0] < PREFETCH_STALE_S) or _others_opening(
+                self._sid):
+            self._doc.add_timeout_callback(self._prefetch, PREFETCH_RETRY_MS)
+            return
+        _IN_FLIGHT[:] = [now]
+        self._build(todo[0])
 
     @in_document
     def _build(self, name: str) -> None:
-        """Build one tab's view now (queued: each its own turn of the event loop)."""
-        view = self.view(name)
-        if hasattr(view, "activate"):
-            view.activate()
+        """Build one prefetched tab (its own turn of the event loop), then the next one."""
+        try:
+            view = self.view(name)
+            if hasattr(view, "activate"):
+                view.activate()
+        finally:
+            _IN_FLIGHT.clear()
+        self._prefetch()
 
     def view(self, name: str):
         """The tab's view, built (and put into its tab) the first time it is asked for."""
