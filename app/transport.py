@@ -34,8 +34,9 @@ from pathlib import PurePath
 
 from panel.io import document as panel_document
 
-#: The loggers Bokeh's websocket handler and Tornado's callback runner report through.
-_LOGGERS = ("bokeh.server.views.ws", "tornado.application")
+#: The loggers that report a message handled after its connection closed: Bokeh's protocol
+#: handler (a PATCH-DOC), its websocket handler and Tornado's callback runner.
+LOGGERS = ("bokeh.server.protocol_handler", "bokeh.server.views.ws", "tornado.application")
 
 
 def _keep_writing(dispatch):
@@ -93,7 +94,7 @@ def install() -> None:
         panel_document._dispatch_msgs = _keep_writing(panel_document._dispatch_msgs)
     if not getattr(WSHandler.open, "fkd_no_delay", False):
         WSHandler.open = _no_delay(WSHandler.open)
-    for name in _LOGGERS:
+    for name in LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _ClosedConnection) for f in logger.filters):
             logger.addFilter(_ClosedConnection())

@@ -93,13 +93,15 @@ def _detached_assertion():
     raise AssertionError("bokeh no longer asserts here: revisit app.transport")
 
 
-def test_a_closed_connections_message_is_one_info_line(caplog):
+@pytest.mark.parametrize("name", transport.LOGGERS)
+def test_a_closed_connections_message_is_one_info_line(caplog, name):
     transport.install()
     exc_info = _detached_assertion()
     assert transport.from_detached_connection(exc_info)
-    logger = logging.getLogger("bokeh.server.views.ws")
-    with caplog.at_level(logging.INFO, logger="bokeh.server.views.ws"):
-        logger.error("Handler or its work threw an exception: %r", "msg", exc_info=exc_info)
+    logger = logging.getLogger(name)
+    with caplog.at_level(logging.INFO, logger=name):
+        logger.error("error handling message\n message: %r \n error: %r", "PATCH-DOC",
+                     exc_info[1], exc_info=exc_info)
         logger.error("something else failed", exc_info=(ValueError, ValueError("x"), None))
     first, second = caplog.records
     assert first.levelname == "INFO" and first.exc_info is None
