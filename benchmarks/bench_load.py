@@ -351,15 +351,20 @@ class BrowserSession:
         row = int(seen.group(1))
 
         async def augment():
+            """Done when that row's samples are shown: the tab, built before the click (the
+            dashboard prefetches it), already shows another face while it waits."""
             await page.locator(".fkd-open-augment button").first.click()
-            header = page.locator(".fkd-aug-header", has_text=ROW).first
-            await header.wait_for()
+            header = page.locator(".fkd-aug-header", has_text=f"training.csv row {row} ·")
+            await header.first.wait_for()
             await page.locator(".fkd-aug-table table").first.wait_for()
-            return ROW.search(await text_of(header))
 
-        seen = await self.act("Augment", augment)
-        if int(seen.group(1)) != row:
-            self.cross(f"Augment opened for row {row} shows row {seen.group(1)}")
+        try:
+            await self.act("Augment", augment)
+        except Stuck:
+            shown = ROW.search(await text_of(page.locator(".fkd-aug-header").first))
+            if shown is not None and int(shown.group(1)) != row:
+                self.cross(f"Augment opened for row {row} shows row {shown.group(1)}")
+            raise
         final = await page_number(page)
         if final is not None and final[0] != current:
             self.cross(f"at the end the grid's counter shows page {final[0]}, not {current}")
