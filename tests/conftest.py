@@ -13,31 +13,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 FACES15 = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces15"
 
 
+def _environ_folder(tmp_path_factory, variable: str, folder: str):
+    """A fresh temporary folder named by ``variable`` for the whole test session."""
+    with pytest.MonkeyPatch.context() as patch:
+        path = tmp_path_factory.mktemp(folder)
+        patch.setenv(variable, str(path))
+        yield path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Each test session parses into its own cache, so tests never see a user's cache."""
-    path = tmp_path_factory.mktemp("fkd-cache")
-    old = os.environ.get("FKD_CACHE_DIR")
-    os.environ["FKD_CACHE_DIR"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("FKD_CACHE_DIR", None)
-    else:
-        os.environ["FKD_CACHE_DIR"] = old
+    yield from _environ_folder(tmp_path_factory, "FKD_CACHE_DIR", "fkd-cache")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_fkd_home(tmp_path_factory):
     """Per-user fkd files (the label corrections logs) in a temporary folder: no test, and no
     server a test starts, reads or writes the user's own."""
-    path = tmp_path_factory.mktemp("fkd-home")
-    old = os.environ.get("FKD_HOME")
-    os.environ["FKD_HOME"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("FKD_HOME", None)
-    else:
-        os.environ["FKD_HOME"] = old
+    yield from _environ_folder(tmp_path_factory, "FKD_HOME", "fkd-home")
 
 
 @pytest.fixture(scope="session")
