@@ -23,7 +23,7 @@ from app.background import compute_then_update, in_document, on_click
 from app.faces import COLOURS, NAMES, face_figure
 from app.state import LabelState, Store, Unavailable
 from app.untrusted import Message, html_text
-from fkd_core.audit import swap_labels
+from fkd_core.audit import swap_labels, swap_pair
 from fkd_core.corrections import format_point
 from fkd_core.keypoints import FLIP_PERMUTATION, FRAME, IMAGE_SIZE, KEYPOINT_NAMES, N_KEYPOINTS
 
@@ -55,15 +55,6 @@ def suggested_labels(current: np.ndarray, suspect) -> np.ndarray | None:
         out[2 * k:2 * k + 2] = x, y
         return out
     return None
-
-
-def swap_pair(labels: np.ndarray, keypoint: str) -> np.ndarray:
-    """``labels`` (30,) with one keypoint and its left/right partner exchanged."""
-    i = KEYPOINT_NAMES.index(keypoint)
-    j = int(FLIP_PERMUTATION[i])
-    out = np.array(labels, np.float64, copy=True)
-    out[[2 * i, 2 * i + 1, 2 * j, 2 * j + 1]] = out[[2 * j, 2 * j + 1, 2 * i, 2 * i + 1]]
-    return out
 
 
 def changes(row: int, before: np.ndarray, after: np.ndarray) -> list:

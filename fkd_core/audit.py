@@ -14,7 +14,13 @@ import numpy as np
 import pandas as pd
 
 from fkd_core import metrics
-from fkd_core.keypoints import FLIP_COLUMN_PERMUTATION, flip_images, flip_keypoints
+from fkd_core.keypoints import (
+    FLIP_COLUMN_PERMUTATION,
+    FLIP_PERMUTATION,
+    KEYPOINT_NAMES,
+    flip_images,
+    flip_keypoints,
+)
 from fkd_core.predict import predict_keypoints
 
 
@@ -42,6 +48,16 @@ class FlipAudit:
 def swap_labels(keypoints: np.ndarray) -> np.ndarray:
     """Exchange left/right names without moving any point (what a labelling mistake does)."""
     return np.asarray(keypoints)[..., FLIP_COLUMN_PERMUTATION]
+
+
+def swap_pair(keypoints: np.ndarray, keypoint: str) -> np.ndarray:
+    """A copy of ``keypoints`` (..., 30) with one keypoint and its left/right partner
+    exchanged: :func:`swap_labels` for a single pair."""
+    i = KEYPOINT_NAMES.index(keypoint)
+    j = int(FLIP_PERMUTATION[i])
+    out = np.array(keypoints, copy=True)
+    out[..., [2 * i, 2 * i + 1, 2 * j, 2 * j + 1]] = out[..., [2 * j, 2 * j + 1, 2 * i, 2 * i + 1]]
+    return out
 
 
 def flip_audit(model, images: np.ndarray, keypoints: np.ndarray, *, batch_size: int = 256,

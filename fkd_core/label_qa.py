@@ -25,13 +25,12 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from fkd_core.audit import swap_labels
+from fkd_core.audit import swap_labels, swap_pair
 from fkd_core.keypoints import (
     FLIP_PERMUTATION,
     KEYPOINT_NAMES,
     N_KEYPOINTS,
     as_points,
-    column_indices,
 )
 
 COLUMNS = ("row", "line", "keypoint", "reason", "score", "suggested_x", "suggested_y")
@@ -291,9 +290,8 @@ def plant_errors(truth: np.ndarray, images: np.ndarray, complete: np.ndarray, se
     for r in rows[:swaps]:  # whole-face left/right swaps
         truth[r] = swap_labels(truth[r])
         planted.append((r, ""))
-    cols = column_indices(["mouth_left_corner", "mouth_right_corner"])
     for r in rows[swaps:pairs]:  # one pair swapped
-        truth[r, cols] = truth[r, cols[[2, 3, 0, 1]]]
+        truth[r] = swap_pair(truth[r], "mouth_left_corner")
         planted.append((r, "mouth_left_corner"))
     for r in rows[pairs:moved]:  # one keypoint moved 8-15 px
         k = int(rng.integers(15))
