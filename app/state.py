@@ -296,9 +296,10 @@ class Store:
                                       [], self.data_error or "this data has no training.csv")
             return self._labels
         try:
-            keypoints, _ = corrections.apply(train.keypoints, train.row_ids, path,
-                                             train.fingerprint)
-            entries, error = corrections.read(path), None
+            entries = corrections.read(path)  # once: the lines shown are the lines applied
+            keypoints = corrections.replay(train.keypoints, train.row_ids, entries, path,
+                                           train.fingerprint)
+            error = None
         except corrections.CorrectionsError as exc:
             keypoints, entries, error = train.keypoints, [], str(exc)
         self._labels = LabelState(path, stamp, keypoints, train.keypoints, train.row_ids,

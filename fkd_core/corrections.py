@@ -149,8 +149,15 @@ def _same(a: tuple[float, float], b: np.ndarray) -> bool:
 def apply(keypoints: np.ndarray, row_ids: np.ndarray, path: str | os.PathLike,
           fingerprint: str) -> tuple[np.ndarray, int]:
     """(corrected copy of ``keypoints``, number of corrections) after replaying the log."""
-    path = Path(path)
     corrections = read(path)
+    return replay(keypoints, row_ids, corrections, path, fingerprint), len(corrections)
+
+
+def replay(keypoints: np.ndarray, row_ids: np.ndarray, corrections: list[Correction],
+           path: str | os.PathLike, fingerprint: str) -> np.ndarray:
+    """A corrected copy of ``keypoints``: the log's lines (already :func:`read` from
+    ``path``, named in errors) applied in order, each checked against the data."""
+    path = Path(path)
     out = np.array(keypoints, dtype=np.float32, copy=True)
     position = {int(r): i for i, r in enumerate(row_ids)}
     for line, c in enumerate(corrections, start=2):
@@ -168,7 +175,7 @@ def apply(keypoints: np.ndarray, row_ids: np.ndarray, path: str | os.PathLike,
                 f"{path}, line {line}: row {c.row} {c.keypoint} is {format_point(current)} at "
                 f"this point, but the log says {format_point(c.old)}")
         out[position[c.row], 2 * k:2 * k + 2] = c.new
-    return out, len(corrections)
+    return out
 
 
 def file_digest(path: str | os.PathLike) -> str:
