@@ -31,6 +31,7 @@ from app.leaderboard import Leaderboard
 from app.state import Store
 from app.untrusted import html_text, markdown_text
 
+TABS = ("Leaderboard", "Faces", "Data", "Augment", "Flip audit", "Activations", "Label QA")
 #: Tabs built as soon as the page has painted rather than when first shown.
 PREFETCH = ("Faces", "Augment")
 #: Sessions of this process whose page is still opening: session id → when it was built
@@ -53,7 +54,6 @@ def _others_opening(session_id: str) -> bool:
         if now - since > OPENING_AT_MOST_S:
             _OPENING.pop(sid, None)
     return any(sid != session_id for sid in _OPENING)
-TABS = ("Leaderboard", "Faces", "Data", "Augment", "Flip audit", "Activations", "Label QA")
 
 
 class Dashboard(pn.viewable.Viewer):

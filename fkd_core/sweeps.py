@@ -192,14 +192,18 @@ def sweep_folder(models_dir: str | os.PathLike, sweep_id: str) -> Path:
     return Path(models_dir) / SWEEPS_DIR / sweep_id
 
 
+def _check_id(value, where: str) -> None:
+    try:
+        validate_run_id(value)
+    except RunFileError as exc:
+        raise SweepError(f"{where}: {exc}") from None
+
+
 def _check_record(record, path: Path) -> dict:
     """A sweep.json as read, every field the listing uses checked (it may be hand-edited)."""
     if not isinstance(record, dict):
         raise SweepError(f"{path}: must hold a JSON object")
-    try:
-        validate_run_id(record.get("sweep_id"))
-    except RunFileError as exc:
-        raise SweepError(f"{path}: sweep_id: {exc}") from None
+    _check_id(record.get("sweep_id"), f"{path}: sweep_id")
     trials = record.get("trials")
     if not isinstance(trials, list):
         raise SweepError(f"{path}: trials must be a list")
@@ -207,10 +211,7 @@ def _check_record(record, path: Path) -> dict:
         where = f"{path}: trials[{i}]"
         if not isinstance(t, dict):
             raise SweepError(f"{where} must be a JSON object")
-        try:
-            validate_run_id(t.get("run_id"))
-        except RunFileError as exc:
-            raise SweepError(f"{where}.run_id: {exc}") from None
+        _check_id(t.get("run_id"), f"{where}.run_id")
         if not isinstance(t.get("values"), dict):
             raise SweepError(f"{where}.values must be a JSON object")
         if t.get("status") not in STATES:
