@@ -28,19 +28,25 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 GRACE_S = 1.0  # after a stop signal: time for a clean shutdown before the process just exits
 PARENT_ENV = "FKD_SERVE_PARENT_PID"  # set by Server: the server stops when this process dies
+#: The largest websocket message the server accepts (Bokeh's default is 20 MB). The Photos
+#: tab's uploads arrive as one message, base64 (4/3 of the bytes): this takes a few photos of
+#: the tab's per-photo limit at once; a bigger message closes the page's connection.
+WEBSOCKET_MAX_MESSAGE_BYTES = 100 * 2**20
 
 
 def panel_args(data: str | os.PathLike | None = None, models: str | os.PathLike = "models",
                port: int = 5006, address: str = "127.0.0.1", show: bool = False,
                allow_origin: list[str] | None = None,
-               corrections: str | os.PathLike | None = None) -> list[str]:
+               corrections: str | os.PathLike | None = None,
+               photos: str | os.PathLike | None = None) -> list[str]:
     """``panel``'s arguments: ``serve app/ ... --args ...`` (localhost unless told)."""
     # --warm: run the page once at start-up, so the data is loaded and TensorFlow warms up
     # (app/main.py) before the first session, not during it
     # --unused-session-lifetime: a loaded server may take longer than Bokeh's 15 s between
     # sending a page and its websocket connecting; an expired session is rebuilt from scratch
     args = ["serve", str(APP_DIR), "--port", str(port), "--address", address, "--warm",
-            "--unused-session-lifetime", "60000"]
+            "--unused-session-lifetime", "60000",
+            "--websocket-max-message-size", str(WEBSOCKET_MAX_MESSAGE_BYTES)]
     origins = list(allow_origin or [])
     if address not in LOOPBACK and not origins:
         origins = [f"{socket.gethostname()}:{port}", f"{address}:{port}"]
@@ -53,6 +59,8 @@ def panel_args(data: str | os.PathLike | None = None, models: str | os.PathLike 
         args += ["--data", str(data)]
     if corrections is not None:
         args += ["--corrections", str(corrections)]
+    if photos is not None:
+        args += ["--photos", str(photos)]
     return args
 
 
@@ -65,13 +73,16 @@ def panel_command(data: str | os.PathLike | None = None, models: str | os.PathLi
 
 
 def serve_command(data: str | os.PathLike | None = None, models: str | os.PathLike = "models",
-                  port: int = 5006, corrections: str | os.PathLike | None = None) -> list[str]:
+                  port: int = 5006, corrections: str | os.PathLike | None = None,
+                  photos: str | os.PathLike | None = None) -> list[str]:
     """``fkd serve``'s server as a command; run as a script, so it works without ``import app``."""
     cmd = [sys.executable, str(APP_DIR / "serve.py"), "--models", str(models), "--port", str(port)]
     if data is not None:
         cmd += ["--data", str(data)]
     if corrections is not None:
         cmd += ["--corrections", str(corrections)]
+    if photos is not None:
+        cmd += ["--photos", str(photos)]
     return cmd
 
 
@@ -90,10 +101,11 @@ class Server:
 
     def __init__(self, data=None, models="models", port: int | None = None, env=None,
                  log: str | os.PathLike | None = None, timeout: float = 120.0,
-                 corrections: str | os.PathLike | None = None):
+                 corrections: str | os.PathLike | None = None,
+                 photos: str | os.PathLike | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.cmd = serve_command(data, models, self.port, corrections)
+        self.cmd = serve_command(data, models, self.port, corrections, photos)
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
         self.log = Path(log) if log else None
         self.timeout = timeout
@@ -231,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", help="default: $FKD_MODELS, else models/")
     parser.add_argument("--corrections", help="label corrections log (default: the data's "
                         "log in the per-user fkd folder)")
+    parser.add_argument("--photos", help="a folder of photos the Photos tab offers by name")
     parser.add_argument("--port", type=int, default=5006)
     parser.add_argument("--address", default="127.0.0.1")
     parser.add_argument("--show", action="store_true", help="open the page in a browser")
@@ -253,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     data, models = settings.data_path(args.data), settings.models_dir(args.models)
     sys.argv = ["panel", *panel_args(data, models, args.port, args.address,
                                      allow_origin=args.allow_origin,
-                                     corrections=args.corrections)]
+                                     corrections=args.corrections, photos=args.photos)]
     code = 0
     try:
         panel_main()  # returns once Bokeh has stopped the server

@@ -22,6 +22,8 @@ import pandas as pd
 from fkd_core import corrections, metrics, runs
 from fkd_core.keypoints import KEYPOINT_NAMES
 
+#: What the photos folder lists (replaced by fkd_core.photos' own list once it lands).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 #: The grid's subsets, as the page names them.
 SUBSETS = ("validation", "training", "all", "test")
 
@@ -51,22 +53,26 @@ class Settings:
     data: str | None = None
     models: str = "models"
     corrections: str | None = None  # None: the data's log in the per-user fkd folder
+    photos: str | None = None  # a folder whose photos the Photos tab offers by name
 
     @classmethod
     def from_args(cls, argv: list[str], environ=os.environ) -> Settings:
-        """``--data``/``--models``/``--corrections`` (``panel serve app/ --args ...``), else
-        the environment, else the defaults — the CLI's rule (:mod:`fkd_core.settings`)."""
+        """``--data``/``--models``/``--corrections``/``--photos`` (``panel serve app/ --args
+        ...``), else the environment, else the defaults — the CLI's rule
+        (:mod:`fkd_core.settings`)."""
         from fkd_core import settings
 
         parser = argparse.ArgumentParser(prog="app", add_help=False)
         parser.add_argument("--data")
         parser.add_argument("--models")
         parser.add_argument("--corrections")
+        parser.add_argument("--photos")
         args, _ = parser.parse_known_args(argv)
         data = settings.data_path(args.data, environ)
         corrections = None if not args.corrections else str(Path(args.corrections).absolute())
+        photos = None if not args.photos else str(Path(args.photos).absolute())
         return cls(None if data is None else str(data),
-                   str(settings.models_dir(args.models, environ)), corrections)
+                   str(settings.models_dir(args.models, environ)), corrections, photos)
 
 
 def train_command(settings: Settings, data_path: str) -> str:
@@ -94,6 +100,8 @@ class Store:
         self._run_locks: dict[str, threading.Lock] = {}
         self._runs: list[runs.Run] = []
         self._runs_stamp: object = None
+        self._photos: dict[str, Path] = {}
+        self._photos_stamp: object = None
         self._predictions: dict[str, dict[str, np.ndarray]] = {}
         self._prediction_errors: dict[str, str] = {}
         self._errors: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -101,6 +109,9 @@ class Store:
         self._models: dict[str, object] = {}
         self._model_errors: dict[str, str] = {}
         self._audits: dict[str, object] = {}
+        self._costs: dict[str, object] = {}
+        self._cost_errors: dict[str, str] = {}
+        self._measuring = threading.Lock()  # one inference timing at a time per process
         self._label_offset: float | None = None
         self._labels_lock = threading.Lock()  # one writer of the log per process at a time
         self._labels: LabelState | None = None
@@ -178,6 +189,33 @@ class Store:
     def train_command(self) -> str:
         return train_command(self.settings, self.data_path)
 
+    # -- the photos folder --------------------------------------------------------------
+
+    def photo_files(self) -> dict[str, Path]:
+        """The image files directly in ``--photos`` (name → path; none without the option),
+        re-listed when the folder changes. A page chooses a name from this listing and the
+        path comes from here: nothing a browser sends ever becomes a path. Sub-folders,
+        hidden files and links are left out. An unreadable folder raises
+        :class:`Unavailable`."""
+        folder = self.settings.photos
+        if folder is None:
+            return {}
+        try:
+            stamp = os.stat(folder).st_mtime_ns
+            with self._lock:
+                if self._photos_stamp == stamp:
+                    return dict(self._photos)
+            with os.scandir(folder) as entries:
+                found = {e.name: Path(e.path) for e in entries
+                         if not e.name.startswith(".") and e.is_file(follow_symlinks=False)
+                         and Path(e.name).suffix.lower() in IMAGE_SUFFIXES}
+        except OSError as exc:
+            raise Unavailable(f"the photos folder {folder} cannot be read: "
+                              f"{exc.strerror or exc}") from None
+        with self._lock:
+            self._photos, self._photos_stamp = dict(sorted(found.items())), stamp
+            return dict(self._photos)
+
     # -- predictions --------------------------------------------------------------------
 
     def predictions_ready(self, run_id: str) -> bool:
@@ -251,6 +289,50 @@ class Store:
                 self._audits[run_id] = flip_audit(model, self.train.images, self.train.keypoints,
                                                   label_offset=run.label_offset)
             return self._audits[run_id]
+
+    def cost_ready(self, run_id: str) -> bool:
+        return run_id in self._costs or run_id in self._cost_errors
+
+    def inference_cost(self, run_id: str):
+        """The run's :class:`fkd_core.experiments.Cost` on this machine: from its run folder,
+        else measured once (one timing at a time per process, so timings never overlap) on
+        the first training faces; raises :class:`Unavailable` with the reason."""
+        from fkd_core import experiments
+
+        if run_id in self._costs:
+            return self._costs[run_id]
+        run = self.run(run_id)
+        with self._run_lock(f"cost:{run_id}"):
+            if run_id in self._costs:
+                return self._costs[run_id]
+            if run_id in self._cost_errors:
+                raise Unavailable(self._cost_errors[run_id])
+            cost = experiments.read_cost(run.path)
+            if cost is None:
+                try:
+                    model = self.model(run_id)
+                    with self._measuring:
+                        cost = experiments.cached_cost(run, self._cost_images(), model=model)
+                except Unavailable as exc:
+                    self._cost_errors[run_id] = str(exc)
+                    raise
+                except Exception as exc:  # a model that fails to predict: the run's message
+                    message = f"run {run_id} could not be timed: {type(exc).__name__}: {exc}"
+                    self._cost_errors[run_id] = message.splitlines()[0][:400]
+                    raise Unavailable(self._cost_errors[run_id]) from None
+            self._costs[run_id] = cost
+            return cost
+
+    def _cost_images(self) -> np.ndarray:
+        """The faces inference is timed on: the first training (else test) faces, else
+        grey ones (the time does not depend on the pixels)."""
+        from fkd_core.experiments import COST_BATCH
+
+        for part in (self.train, self.test):
+            if part is not None and len(part):
+                images = part.images[:COST_BATCH]
+                return np.resize(images, (COST_BATCH, *images.shape[1:]))
+        return np.full((COST_BATCH, 96, 96), 128, np.uint8)
 
     def label_offset(self) -> float:
         """The training labels' x offset, estimated exactly as ``fkd train`` does, so previews

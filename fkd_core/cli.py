@@ -699,6 +699,8 @@ def serve_cmd(
     show: bool = typer.Option(False, "--show", help="Open the page in a web browser."),
     corrections: Path = typer.Option(None, "--corrections", help="Label QA's corrections log "
                                      "(default: this data's log in the per-user fkd folder)."),
+    photos: Path = typer.Option(None, "--photos", help="A folder of photos the Photos tab "
+                                "offers by name (its image files, not sub-folders)."),
 ):
     """Serve the dashboard (the page `panel serve app/` serves) on this data and these runs."""
     # This process becomes the server (no child process), so a signal sent to it stops it.
@@ -716,6 +718,8 @@ def serve_cmd(
         args.append("--show")
     if corrections is not None:
         args += ["--corrections", str(corrections)]
+    if photos is not None:
+        args += ["--photos", str(photos)]
     raise typer.Exit(serve(args))
 
 
