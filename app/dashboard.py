@@ -24,6 +24,7 @@ from app.activations_view import ActivationsView
 from app.augment_view import AugmentView
 from app.background import in_document
 from app.data_view import DataView
+from app.experiments_view import ExperimentsView
 from app.flip_audit_view import FlipAuditView
 from app.grid import FaceGrid
 from app.label_qa_view import LabelQAView
@@ -31,7 +32,8 @@ from app.leaderboard import Leaderboard
 from app.state import Store
 from app.untrusted import html_text, markdown_text
 
-TABS = ("Leaderboard", "Faces", "Data", "Augment", "Flip audit", "Activations", "Label QA")
+TABS = ("Leaderboard", "Faces", "Data", "Augment", "Flip audit", "Activations", "Label QA",
+        "Experiments")
 #: Tabs built as soon as the page has painted rather than when first shown.
 PREFETCH = ("Faces", "Augment")
 #: Sessions of this process whose page is still opening: session id → when it was built
@@ -71,6 +73,8 @@ class Dashboard(pn.viewable.Viewer):
                                                 on_label_qa=self._open_in_label_qa),
             "Activations": lambda: ActivationsView(store),
             "Label QA": lambda: LabelQAView(store),
+            "Experiments": lambda: ExperimentsView(
+                store, on_run=lambda run_id: self._open_cell(run_id, None)),
         }
         self.leaderboard = Leaderboard(store, on_cell=self._open_cell)
         self._views: dict[str, pn.viewable.Viewer] = {"Leaderboard": self.leaderboard}
