@@ -189,7 +189,8 @@ def _corrected(train_set, corrections: Path | None):
 TRAIN_OPTION_NAMES = ("data", "arch", "head", "width", "depth", "dropout", "head_opt", "epochs",
                       "batch_size", "lr", "schedule", "patience", "augment", "aug",
                       "val_fraction", "holdout_fraction", "seed", "max_minutes",
-                      "steps_per_epoch", "models", "run_id", "corrections", "source_offset")
+                      "steps_per_epoch", "models", "run_id", "corrections", "source_offset",
+                      "strategy", "precision")
 
 
 def _given_options(ctx: typer.Context, names) -> dict:
@@ -232,7 +233,8 @@ def train_cmd(
     dropout: float = typer.Option(None, "--dropout", help="Dropout rate (default per arch)."),
     head_opt: list[str] = typer.Option([], "--head-opt", help="Head option KEY=VALUE."),
     epochs: int = typer.Option(30, "--epochs", min=1),
-    batch_size: int = typer.Option(64, "--batch-size", min=1),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Faces per step per "
+                                    "replica (see --strategy)."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (Adam)."),
     schedule: str = typer.Option("cosine", "--schedule", help="cosine or plateau."),
     patience: int = typer.Option(10, "--patience", help="Early-stopping patience (epochs)."),
@@ -254,19 +256,28 @@ def train_cmd(
     source_offset: str = typer.Option(
         "off", "--source-offset", help="learn: fit one (x, y) offset for the four-keypoint "
         "rows' labelling convention, used for them and for the 8-value lookup rows."),
+    strategy: str = typer.Option(
+        "auto", "--strategy", help="default (one device), mirrored (every local GPU), "
+        "multiworker (the machines TF_CONFIG lists) or auto (multiworker if TF_CONFIG is set, "
+        "else mirrored with 2+ GPUs, else default). --batch-size is per replica: the global "
+        "batch is batch size x replicas and --lr is scaled by the replicas too."),
+    precision: str = typer.Option("float32", "--precision", help="float32, or mixed "
+                                  "(float16 compute; needs a GPU)."),
     sweep_tag: str = typer.Option(None, "--sweep-tag", hidden=True,
                                   help="JSON {id, values} of the sweep trial this run is."),
 ):
     """Train a model; the run folder appears under --models only when it is complete."""
-    from fkd_core import recipes
+    from fkd_core import distribute, recipes
     from fkd_core.training import train
 
     try:
         recipe = recipes.read_recipe(config_file) if config_file is not None else None
         options = recipes.merge(recipe.options if recipe else {},
                                 _given_options(ctx, TRAIN_OPTION_NAMES))
+        if distribute.resolve(options.get("strategy", "auto")) == "multiworker":
+            distribute.prepare("multiworker")  # before checking the arch runs TensorFlow
         config = recipes.train_config(options)
-    except recipes.RecipeError as exc:
+    except (recipes.RecipeError, distribute.DistributeError) as exc:
         fail(str(exc))
     run_id = _run_id(options.get("run_id"))
     sweep = _sweep_tag(sweep_tag)
@@ -283,6 +294,9 @@ def train_cmd(
         fail("training interrupted; no run was saved", code=130)
     except (ValueError, FileExistsError, FloatingPointError) as exc:
         fail(str(exc))
+    if out_path is None:
+        out.print("worker finished; the chief worker writes the run folder")
+        return
     _print_run_result(out_path)
 
 
@@ -687,6 +701,123 @@ def pipeline_cmd(
         fail(str(exc))
     out.print(f"wrote {len(frame)} predictions from run {escape(final.id)} to "
               f"{escape(str(output))} ({(time.monotonic() - started) / 60:.1f} min)")
+
+
+def _photo_predictor(run: str, models: Path | None):
+    """The predictor ``fkd predict`` uses for RUN: a run (id or folder) with its model
+    loaded once."""
+    from fkd_core import photos
+
+    found = _run(run, models)
+    try:
+        return photos.LoadedRun(found)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def _parse_box(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        box = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or not (box[2] > 0 and box[3] > 0):
+        fail(f"--box {text!r}: expected x,y,w,h in photo pixels with w and h > 0")
+    return box
+
+
+@app.command("predict")
+def predict_cmd(
+    run: str = typer.Argument(..., help="Run id (under --models) or run folder."),
+    inputs: list[Path] = typer.Argument(..., help="Photos, or folders of photos."),
+    output: Path = typer.Option(..., "-o", "--output", help="CSV file to write."),
+    models: Path = MODELS_OPTION,
+    overlay: Path = typer.Option(None, "--overlay", help="Folder (created if missing) for "
+                                 "each photo with its keypoints drawn, as PNG."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Horizontal-flip test-time augment."),
+    refine: bool = typer.Option(True, "--refine/--no-refine", help="Second pass on a crop "
+                                "aligned to the training faces' mean shape."),
+    min_face: int = typer.Option(40, "--min-face", min=8, help="Smallest face (px) the "
+                                 "detector looks for (large photos are shrunk to 800 px)."),
+    box: str = typer.Option(None, "--box", help="x,y,w,h: the face's box instead of the "
+                            "detector (every photo)."),
+    whole: bool = typer.Option(False, "--whole", help="The whole photo (its central square) "
+                               "is the face; no detector."),
+    fallback: str = typer.Option("none", "--fallback", help="none, or whole: a photo where the "
+                                 "detector finds no face is predicted on its whole frame "
+                                 "(source 'whole' in the CSV)."),
+    chunk: int = typer.Option(32, "--chunk", min=1, help="Photos per model batch."),
+):
+    """Keypoints on photos: find faces, frame them like the training faces, predict, write
+    one CSV row per face in the photo's pixels."""
+    import time
+
+    from fkd_core import photos
+    from fkd_core.files import atomic_write, check_output_file
+
+    if fallback not in ("none", "whole"):
+        fail(f"--fallback {fallback!r}: expected none or whole")
+    face_box = _parse_box(box)
+    try:
+        check_output_file(output)
+    except ValueError as exc:
+        fail(f"-o: {exc}")
+    if overlay is not None:
+        try:
+            overlay.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            fail(f"--overlay: cannot make {overlay}: {exc.strerror or exc}")
+    files = photos.image_files(inputs)
+    if not files:
+        fail("no photos found in " + ", ".join(str(p) for p in inputs))
+    predictor = _photo_predictor(run, models)
+    timings: dict = {}
+    rows, errors, no_face, n_faces = [], [], 0, 0
+    sources: dict[str, int] = {}
+    start = time.perf_counter()
+    with progress_bar("photos") as progress:
+        for r in photos.predict_files(
+                files, predictor, chunk=chunk, progress=progress, timings=timings,
+                keep_images=overlay is not None, tta=tta, refine=refine, min_face=min_face,
+                box=face_box, whole=whole, fallback=None if fallback == "none" else fallback):
+            if r.error is not None:
+                errors.append(r.error)
+                err.print(f"[yellow]skipped[/] {escape(r.error)}", highlight=False)
+                continue
+            rows.append((r.name, r.faces))
+            n_faces += len(r.faces)
+            no_face += not r.faces
+            for f in r.faces:
+                sources[f.source] = sources.get(f.source, 0) + 1
+            if overlay is not None:
+                from PIL import Image
+
+                drawn = photos.overlay(r.image, r.faces)
+                target = overlay / f"{r.path.stem}.png"
+                try:
+                    with atomic_write(target, "wb") as f:
+                        Image.fromarray(drawn).save(f, format="PNG")
+                except OSError as exc:
+                    errors.append(f"{r.name}: overlay not written ({exc.strerror or exc})")
+    seconds = time.perf_counter() - start
+    try:
+        with atomic_write(output, newline="", encoding="utf-8") as f:
+            photos.write_csv(f, rows)
+    except OSError as exc:
+        fail(f"-o: could not write {output}: {exc.strerror or exc}")
+    n = len(files)
+    by = ", ".join(f"{v} by {k}" for k, v in sorted(sources.items())) or "none"
+    out.print(f"{n} photos: {n_faces} faces ({by}), {no_face} photos with no face, "
+              f"{len(errors)} skipped; wrote {escape(str(output))}", highlight=False)
+    used = len(files) - len(errors)
+    out.print(f"{seconds:.1f} s, {n / max(seconds, 1e-9):.1f} photos/s (decoding "
+              f"{timings.get('decode', 0) * 1000 / max(n, 1):.1f} ms, detecting "
+              f"{timings.get('detect', 0) * 1000 / max(used, 1):.1f} ms, cropping and model "
+              f"{timings.get('model', 0) * 1000 / max(used, 1):.1f} ms a photo)",
+              highlight=False)
+    if errors:
+        raise typer.Exit(1 if used == 0 else 0)
 
 
 @app.command("serve")

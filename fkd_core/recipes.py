@@ -57,6 +57,8 @@ OPTIONS: dict[str, tuple] = {
     "run_id": (str,),
     "corrections": (str,),
     "source_offset": (str,),
+    "strategy": (str,),
+    "precision": (str,),
 }
 #: Options holding a path, resolved against the recipe's folder.
 PATH_OPTIONS = ("data", "models", "corrections")
@@ -185,7 +187,7 @@ DEFAULTS = {
     "patience": 10, "augment": "default", "aug": {}, "val_fraction": 0.1,
     "holdout_fraction": 0.0, "seed": 0, "max_minutes": None, "steps_per_epoch": None,
     "data": None, "models": None, "run_id": None, "corrections": None,
-    "source_offset": "off",
+    "source_offset": "off", "strategy": "auto", "precision": "float32",
 }
 assert set(DEFAULTS) == set(OPTIONS)
 
@@ -210,6 +212,7 @@ def train_config(options: dict):
             augment=augment_config(o["augment"], dict(o["aug"])),
             max_minutes=o["max_minutes"], steps_per_epoch=o["steps_per_epoch"],
             learn_source_offset=o["source_offset"] == "learn",
+            strategy=o["strategy"], precision=o["precision"],
         )
         create_model(config.arch, width=config.width, depth=config.depth, head=config.head,
                      dropout=config.dropout, **config.head_options)

@@ -13,6 +13,7 @@ import math
 import re
 from datetime import datetime, timezone
 
+from fkd_core.distribute import PRECISIONS, STRATEGIES, USED_STRATEGIES
 from fkd_core.keypoints import KEYPOINT_NAMES
 
 #: A run id: a folder name that is never hidden, never a path and safe in a URL or a page.
@@ -193,6 +194,17 @@ def check_config(config) -> dict:
         train.number("val_fraction", required=False, low=0, high=1)
         train.number("holdout_fraction", required=False, low=0, high=1)
         train.number("seed", required=False, integer=True)
+        train.text("strategy", required=False, choices=STRATEGIES)
+        train.text("precision", required=False, choices=PRECISIONS)
+    placed = c.mapping("distribute", required=False)
+    if placed is not None:
+        placed.text("strategy", choices=USED_STRATEGIES)
+        placed.text("precision", choices=PRECISIONS)
+        for key in ("replicas", "workers", "batch_size_per_replica", "global_batch_size"):
+            placed.number(key, low=1, integer=True)
+        for key in ("lr", "scaled_lr"):
+            placed.number(key, required=False, low=0)
+        placed.text_list("devices")
     if kind == "ensemble":
         members = c.text_list("members")
         weights = c.get("weights", required=False)

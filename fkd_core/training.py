@@ -52,8 +52,18 @@ class TrainConfig:
     label_offset: float | None = None  # labels' x offset from pixel indices; None: estimate
     steps_per_epoch: int | None = None  # cap (tests and smoke runs)
     learn_source_offset: bool = False  # fit the four-keypoint rows' (x, y) labelling offset
+    strategy: str = "auto"  # fkd_core.distribute: batch_size is per replica, lr scaled with them
+    precision: str = "float32"  # or "mixed" (float16 compute, GPU only)
 
     def __post_init__(self):
+        from fkd_core.distribute import PRECISIONS, STRATEGIES
+
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, "
+                             f"not {self.strategy!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                             f"not {self.precision!r}")
         if self.schedule not in ("cosine", "plateau"):
             raise ValueError(f"schedule must be 'cosine' or 'plateau', not {self.schedule!r}")
         for name in ("epochs", "batch_size"):
@@ -212,7 +222,7 @@ def with_source_offset(model):
 
     image = keras.Input(shape=model.input_shape[1:], name="image")
     frame = keras.Input(shape=(2, 2), name="source_frame")
-    layer = SourceOffset(name="source_offset")
+    layer = SourceOffset(name="source_offset", dtype="float32")
     wrapped = keras.Model([image, frame], layer([model(image), frame]), name=model.name)
     return wrapped, layer
 
@@ -387,8 +397,10 @@ def train(
     corrections: dict | None = None,
     recipe: dict | None = None,
     sweep: dict | None = None,
-) -> Path:
-    """Train one model on ``data`` and write its run folder; returns the folder's path.
+) -> Path | None:
+    """Train one model on ``data`` and write its run folder; returns the folder's path, or
+    None in a multi-worker training's non-chief worker (the chief writes the run;
+    :mod:`fkd_core.distribute`).
 
     ``corrections`` describes a label corrections log already applied to ``data`` (path,
     hash, count: :func:`fkd_core.corrections.corrected`); the run records it, and
@@ -402,8 +414,16 @@ def train(
     """
     import keras
 
+    from fkd_core import distribute
     from fkd_core.losses import MaskedRMSEPixels, masked_mse
 
+    # First: a multi-worker strategy can only be made before TensorFlow runs anything.
+    placement = distribute.prepare(config.strategy)
+    distribute.check_precision(config.precision)
+    if placement.workers > 1 and config.max_minutes:
+        raise ValueError("--max-minutes cannot stop a multi-worker training: each worker's "
+                         "clock would stop it after another epoch, and the others would wait "
+                         "for it for ever")
     keras.utils.set_random_seed(config.seed)
     run_id = run_id or new_run_id(config.arch, config.head)
     if config.label_offset is None:
@@ -422,26 +442,29 @@ def train(
     if len(train_pos) == 0 or len(val_pos_fit) == 0:
         raise ValueError("no rows label the requested keypoints in the train or validation split")
 
-    with staged_run(models_dir, run_id) as staging:
-        if on_staged:
+    global_batch = placement.global_batch(config.batch_size)
+    peak_lr = placement.scaled_lr(config.lr)
+    folder = staged_run(models_dir, run_id) if placement.chief else distribute.throwaway_folder()
+    with folder as staging:
+        if on_staged and placement.chief:
             on_staged(staging)
         started = time.time()
-        model = build_model(config)
-        fit_model, offset_layer = (with_source_offset(model) if config.learn_source_offset
-                                   else (model, None))
-        steps = config.steps_per_epoch or int(np.ceil(len(train_pos) / config.batch_size))
-        if config.schedule == "cosine":
-            lr = keras.optimizers.schedules.CosineDecay(
-                config.lr, decay_steps=max(1, steps * config.epochs), alpha=0.02
-            )
-        else:
-            lr = config.lr
-        fit_model.compile(
-            optimizer=keras.optimizers.Adam(lr), loss=masked_mse, metrics=[MaskedRMSEPixels()]
-        )
+        steps = config.steps_per_epoch or int(np.ceil(len(train_pos) / global_batch))
+        with distribute.building(placement, config.precision):
+            model = build_model(config)
+            fit_model, offset_layer = (with_source_offset(model) if config.learn_source_offset
+                                       else (model, None))
+            if config.schedule == "cosine":
+                lr = keras.optimizers.schedules.CosineDecay(
+                    peak_lr, decay_steps=max(1, steps * config.epochs), alpha=0.02
+                )
+            else:
+                lr = peak_lr
+            fit_model.compile(optimizer=keras.optimizers.Adam(lr), loss=masked_mse,
+                              metrics=[MaskedRMSEPixels()])
         if offset_layer is None:
             train_ds = make_dataset(
-                data.images[train_pos], targets[train_pos], config.batch_size,
+                data.images[train_pos], targets[train_pos], global_batch,
                 augment=config.augment, shuffle=True, seed=config.seed,
             )
             val_ds = make_dataset(data.images[val_pos_fit], targets[val_pos_fit], 256)
@@ -449,11 +472,15 @@ def train(
             four = data.four_point
             train_ds = make_source_dataset(
                 data.images[train_pos], targets[train_pos], four[train_pos],
-                config.batch_size, augment=config.augment, shuffle=True, seed=config.seed,
+                global_batch, augment=config.augment, shuffle=True, seed=config.seed,
             )
             val_ds = make_source_dataset(data.images[val_pos_fit], targets[val_pos_fit],
                                          four[val_pos_fit], 256)
-        if config.steps_per_epoch:
+        val_steps = None
+        if placement.workers > 1:  # every worker takes the same number of steps, or hangs
+            train_ds, val_ds = distribute.shard_by_data(train_ds), distribute.shard_by_data(val_ds)
+            val_ds, val_steps = val_ds.repeat(), int(np.ceil(len(val_pos_fit) / 256))
+        if config.steps_per_epoch or placement.workers > 1:
             train_ds = train_ds.repeat()
         if offset_layer is not None:
             extra_callbacks = [_source_offset_estimator(
@@ -477,12 +504,15 @@ def train(
             callbacks.append(_time_budget(config.max_minutes))
         history = fit_model.fit(
             train_ds, validation_data=val_ds, epochs=config.epochs,
-            steps_per_epoch=config.steps_per_epoch, callbacks=callbacks, verbose=verbose,
+            steps_per_epoch=steps if placement.workers > 1 else config.steps_per_epoch,
+            validation_steps=val_steps, callbacks=callbacks, verbose=verbose,
             shuffle=False,  # the tf.data pipeline shuffles; Keras cannot shuffle a Dataset
         )
         train_seconds = time.time() - started
         if not np.all(np.isfinite(history.history.get("loss", [0.0]))):
             raise FloatingPointError("training diverged (loss became NaN); try a lower --lr")
+        if placement.name != "default" or config.precision == "mixed":
+            model = _plain_copy(model, config)
         model.save(staging / "model.keras")
         source_offset = None if offset_layer is None else {
             k: round(float(v) * SCALE, 4)
@@ -509,8 +539,24 @@ def train(
             **({"source_offset": source_offset} if source_offset else {}),
             **({"recipe": recipe} if recipe else {}),
             **({"sweep": sweep} if sweep else {}),
+            distribute=placement.record(config.precision, config.batch_size, config.lr),
         ))
-    return Path(models_dir) / run_id
+    return Path(models_dir) / run_id if placement.chief else None
+
+
+def _plain_copy(model, config: TrainConfig):
+    """The trained model as a float32 model outside any strategy, to save and score: it
+    loads and predicts the same on any machine, and scoring needs no other worker."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        copy = build_model(config)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _best_epoch(history: dict) -> int | None:
