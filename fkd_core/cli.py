@@ -572,6 +572,37 @@ def submit_cmd(
               f"to {escape(str(output))}")
 
 
+@app.command("export")
+def export_cmd(
+    run: str = typer.Argument(..., help="Run id (under --models) or run folder."),
+    fmt: str = typer.Option(..., "--format", help="savedmodel (a folder) or tflite (a file)."),
+    quantize: str = typer.Option(None, "--quantize", help="dynamic: int8 weights (tflite)."),
+    output: Path = typer.Option(..., "-o", "--output", help="File or folder to create; "
+                                "never replaces an existing one."),
+    models: Path = MODELS_OPTION,
+):
+    """Export a run for deployment; the export records the run's label offset, so
+    `fkd predict` on a .tflite file answers like the run."""
+    from fkd_core import export
+
+    if fmt not in export.FORMATS:
+        fail(f"--format must be {' or '.join(export.FORMATS)}, not {fmt!r}", code=2)
+    if quantize is not None and quantize not in export.QUANTIZE:
+        fail(f"--quantize must be {' or '.join(export.QUANTIZE)}, not {quantize!r}", code=2)
+    if quantize is not None and fmt != "tflite":
+        fail("--quantize is for --format tflite only", code=2)
+    found = _run(run, models)
+    try:
+        path = export.export_run(found, output, fmt, quantize=quantize)
+    except (export.ExportError, OSError) as exc:
+        fail(f"-o: {exc}")
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() \
+        else path.stat().st_size
+    out.print(f"wrote {escape(str(path))} ({fmt}{', quantised' if quantize else ''}, "
+              f"{size / 1e6:.2f} MB) from run {escape(found.id)}", highlight=False,
+              soft_wrap=True)
+
+
 @app.command("train-specialists")
 def train_specialists_cmd(
     base: str = typer.Option(..., "--base", help="Base run to fine-tune from."),
