@@ -59,6 +59,7 @@ class ExperimentsView(pn.viewable.Viewer):
         self.on_run = on_run
         self._started = False
         self._timing: str | None = None
+        self._tried: set[str] = set()
         self._ok: list = []
         self._sweeps: dict[str, list] = {}
         self._keys: list[str] = []
@@ -314,11 +315,13 @@ class ExperimentsView(pn.viewable.Viewer):
         """Time the next run without a known cost (one at a time: the bubbles fill in)."""
         if not self._started or self._timing is not None:
             return
-        todo = [r.id for r in self._ok if not self.store.cost_ready(r.id)]
+        todo = [r.id for r in self._ok
+                if not self.store.cost_ready(r.id) and r.id not in self._tried]
         if not todo:
             self._say_costs()
             return
         run_id = self._timing = todo[0]
+        self._tried.add(run_id)  # a run that vanished meanwhile is not tried again and again
         self._cost_message.say(f"Measuring inference cost: {len(self._ok) - len(todo)} of "
                                f"{len(self._ok)} runs done, now {run_id} (once per run and "
                                "machine, kept in the run folder)…")
@@ -363,7 +366,7 @@ class ExperimentsView(pn.viewable.Viewer):
         top = params.max() if len(params) and params.max() > 0 else 1.0
         size = np.maximum(MIN_BUBBLE, MAX_BUBBLE * np.sqrt(params / top))
         ms = [c.ms_per_image for _, c in rows]
-        gflops = [c.flops / 1e9 for _, c in rows]
+        gflops = [max(c.flops, 1) / 1e9 for _, c in rows]  # > 0 on the log axis
         archs = sorted({r.arch for r, _ in rows})
         self._colours.transform.factors = archs
         self._colours.transform.palette = _palette(max(1, len(archs)))

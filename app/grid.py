@@ -118,7 +118,10 @@ class FaceGrid(pn.viewable.Viewer):
         self._choices_changed()
 
     def focus(self, run_id: str, keypoint: str | None = None) -> None:
-        """Show one run's validation faces sorted by one keypoint's error (heatmap click)."""
+        """Show one run's validation faces sorted by one keypoint's error (heatmap click), or
+        in the grid's order (a bubble click, ``keypoint`` None)."""
+        if run_id not in self.param.run.objects:  # a run newer than this session's list
+            self.refresh_runs()
         with self._batch():
             self.run = run_id
             if keypoint is not None:

@@ -27,6 +27,7 @@ EVIL = "evil"
 EVIL_SWEEP = "<script>alert('sweep')</script>"
 EVIL_VALUE = "<img src=x onerror=alert('value')>"
 EVIL_ARCH = "<img src=x onerror=alert('arch')>"
+BAD_CELL = "<img src=x onerror=alert(1)>"
 browser = browser_harness.browser
 server = browser_harness.server
 session = browser_harness.session
@@ -50,7 +51,8 @@ def models(tmp_path_factory, demo_dir) -> Path:
         config["created"] = "2000-01-01T00:00:00+00:00"  # never the newest sweep
         if name == BAD:
             del config["sweep"]
-            (out / name / "history.csv").write_text("epoch,loss,val_loss\n0,0.5,0.4\n1,oops,0.3\n")
+            (out / name / "history.csv").write_text(
+                f"epoch,loss,val_loss\n0,0.5,0.4\n1,{BAD_CELL},0.3\n")
         else:
             config["arch"] = config["train"]["arch"] = EVIL_ARCH
             config["sweep"] = {"id": EVIL_SWEEP, "values": {"width": EVIL_VALUE}}
@@ -138,7 +140,7 @@ def test_curves_sensitivity_and_one_bubble_per_run(session, models):
         "() => Bokeh.documents[0].get_model_by_name('fkd-exp-log').visible"))
 
     _pick_run(s, BAD)
-    expect_text(s, "line 3, loss: 'oops' is not a number")
+    expect_text(s, f"line 3, loss: '{BAD_CELL}' is not a number")
     s.check(len(_data(s, "fkd-exp-val-log", "run")) == 4, "no curve for the broken history")
 
     bubbles = _wait_for(s, "one bubble per run (inference timed)",
