@@ -1,5 +1,5 @@
 """The page: a header and tabs — leaderboard, face grid, data overview, augmentation QA, flip
-audit, activation maps and label QA.
+audit, activation maps, label QA and keypoints on photos.
 
 A new session builds only the header and the leaderboard, so the first paint costs one light
 view. Every other tab's view is built the first time that tab is shown (or another view sends
@@ -29,11 +29,12 @@ from app.flip_audit_view import FlipAuditView
 from app.grid import FaceGrid
 from app.label_qa_view import LabelQAView
 from app.leaderboard import Leaderboard
+from app.photos_view import PhotosView
 from app.state import Store
 from app.untrusted import html_text, markdown_text
 
 TABS = ("Leaderboard", "Faces", "Data", "Augment", "Flip audit", "Activations", "Label QA",
-        "Experiments")
+        "Photos", "Experiments")
 #: Tabs built as soon as the page has painted rather than when first shown.
 PREFETCH = ("Faces", "Augment")
 #: Sessions of this process whose page is still opening: session id → when it was built
@@ -75,6 +76,7 @@ class Dashboard(pn.viewable.Viewer):
             "Label QA": lambda: LabelQAView(store),
             "Experiments": lambda: ExperimentsView(
                 store, on_run=lambda run_id: self._open_cell(run_id, None)),
+            "Photos": lambda: PhotosView(store),
         }
         self.leaderboard = Leaderboard(store, on_cell=self._open_cell)
         self._views: dict[str, pn.viewable.Viewer] = {"Leaderboard": self.leaderboard}

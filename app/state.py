@@ -21,9 +21,8 @@ import pandas as pd
 
 from fkd_core import corrections, metrics, runs
 from fkd_core.keypoints import KEYPOINT_NAMES
+from fkd_core.photos import IMAGE_SUFFIXES
 
-#: What the photos folder lists (replaced by fkd_core.photos' own list once it lands).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 #: The grid's subsets, as the page names them.
 SUBSETS = ("validation", "training", "all", "test")
 
