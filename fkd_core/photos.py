@@ -211,10 +211,12 @@ def find_faces(image: np.ndarray, *, min_face: int = MIN_FACE
 # -- framing ----------------------------------------------------------------------------
 
 
-def box_transform(box) -> np.ndarray:
+def box_transform(box, shape: np.ndarray | None = None) -> np.ndarray:
     """The 2×3 photo → crop matrix that frames the face in a box like a training face.
 
-    A non-square box counts by its geometric-mean side, centred on the box.
+    A non-square box counts by its geometric-mean side, centred on the box. ``shape`` is the
+    run's mean shape when it differs from faces15's (:data:`MEAN_SHAPE`): the box's face is
+    then moved onto it by scale and shift.
     """
     x, y, w, h = (float(v) for v in box)
     side = math.sqrt(max(w, 1e-6) * max(h, 1e-6))
@@ -222,7 +224,10 @@ def box_transform(box) -> np.ndarray:
     # The box covers [x, x + w) in continuous coordinates; its centre in index coordinates
     # is x + w/2 − 0.5.
     cx, cy = x + w / 2 - 0.5, y + h / 2 - 0.5
-    return np.array([[s, 0.0, BOX_CENTRE[0] - s * cx], [0.0, s, BOX_CENTRE[1] - s * cy]])
+    m = np.array([[s, 0.0, BOX_CENTRE[0] - s * cx], [0.0, s, BOX_CENTRE[1] - s * cy]])
+    if shape is None:
+        return m
+    return compose(shape_transform(MEAN_SHAPE, rotate=False, target=shape), m)
 
 
 def whole_box(shape: tuple[int, int]) -> tuple[float, float, float, float]:
@@ -232,13 +237,15 @@ def whole_box(shape: tuple[int, int]) -> tuple[float, float, float, float]:
     return ((w - side) / 2, (h - side) / 2, float(side), float(side))
 
 
-def shape_transform(points: np.ndarray, *, rotate: bool = True) -> np.ndarray:
+def shape_transform(points: np.ndarray, *, rotate: bool = True,
+                    target: np.ndarray | None = None) -> np.ndarray:
     """The 2×3 photo → crop matrix that best aligns 15 keypoints (30,) or (15, 2) to
-    :data:`MEAN_SHAPE` (least squares; rotation too unless ``rotate`` is False).
-    Missing points are left out."""
+    ``target`` (default :data:`MEAN_SHAPE`; least squares, rotation too unless ``rotate``
+    is False). Missing points are left out."""
+    target = MEAN_SHAPE if target is None else np.asarray(target, np.float64).reshape(-1, 2)
     p = np.asarray(points, np.float64).reshape(N_KEYPOINTS, 2)
-    ok = np.isfinite(p).all(axis=1)
-    p, q = p[ok], MEAN_SHAPE[ok]
+    ok = np.isfinite(p).all(axis=1) & np.isfinite(target).all(axis=1)
+    p, q = p[ok], target[ok]
     pm, qm = p.mean(0), q.mean(0)
     pc, qc = p - pm, q - qm
     denom = (pc ** 2).sum()
@@ -249,6 +256,12 @@ def shape_transform(points: np.ndarray, *, rotate: bool = True) -> np.ndarray:
     else:
         m = np.eye(2) * ((pc * qc).sum() / denom)
     return np.concatenate([m, (qm - m @ pm)[:, None]], axis=1)
+
+
+def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The 2×3 matrix of ``outer`` after ``inner``."""
+    return np.concatenate([outer[:, :2] @ inner[:, :2],
+                           (outer[:, :2] @ inner[:, 2] + outer[:, 2])[:, None]], axis=1)
 
 
 def invert(matrix: np.ndarray) -> np.ndarray:
@@ -267,33 +280,32 @@ def apply(matrix: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
 
 def crop(gray: np.ndarray, matrix: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """The (size, size) uint8 crop whose pixel (i, j) shows the photo at the inverse of
-    ``matrix`` (photo → crop) at (j, i); bilinear, edges extended. A face much larger than
-    the crop is first box-filtered down by an integer factor so that it does not alias."""
+    ``matrix`` (photo → crop) at (j, i); bilinear, edges extended, rounded to nearest. A face
+    much larger than the crop is first box-filtered down by an integer factor so that it
+    does not alias."""
     from PIL import Image
 
     gray = np.asarray(gray, np.uint8)
     scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
     k = int(1.0 / scale) if scale < 0.5 else 1
     m = matrix
-    img = Image.fromarray(gray)
     if k >= 2:
-        img = img.reduce(k)
+        gray = np.asarray(Image.fromarray(gray).reduce(k))
         # reduced pixel j covers photo pixels k·j … k·j + k − 1: photo p = k·j + (k − 1)/2
-        up = np.array([[k, 0.0, (k - 1) / 2], [0.0, k, (k - 1) / 2]])
-        m = np.concatenate([m[:, :2] @ up[:, :2], (m[:, :2] @ up[:, 2] + m[:, 2])[:, None]],
-                           axis=1)
+        m = compose(m, np.array([[k, 0.0, (k - 1) / 2], [0.0, k, (k - 1) / 2]]))
     inv = invert(m)
-    # Pillow samples output pixel centres (j + 0.5) in continuous coordinates.
-    a = inv[:, :2]
-    c = inv[:, 2] + 0.5 - a @ np.array([0.5, 0.5])
-    data = (a[0, 0], a[0, 1], c[0], a[1, 0], a[1, 1], c[1])
-    # Pad by the edge so that a face near the photo's border keeps its edge values.
-    pad = 2
-    padded = np.pad(np.asarray(img), pad, mode="edge")
-    data = (data[0], data[1], data[2] + pad, data[3], data[4], data[5] + pad)
-    out = Image.fromarray(padded).transform((size, size), Image.AFFINE, data,
-                                            resample=Image.BILINEAR, fillcolor=None)
-    return np.asarray(out, np.uint8)
+    jj, ii = np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64))
+    h, w = gray.shape
+    px = np.clip(inv[0, 0] * jj + inv[0, 1] * ii + inv[0, 2], 0, w - 1)
+    py = np.clip(inv[1, 0] * jj + inv[1, 1] * ii + inv[1, 2], 0, h - 1)
+    x0 = np.minimum(np.floor(px).astype(np.intp), max(w - 2, 0))
+    y0 = np.minimum(np.floor(py).astype(np.intp), max(h - 2, 0))
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = px - x0, py - y0
+    g = gray.astype(np.float32)
+    top = g[y0, x0] * (1 - fx) + g[y0, x1] * fx
+    bottom = g[y1, x0] * (1 - fx) + g[y1, x1] * fx
+    return np.clip(np.rint(top * (1 - fy) + bottom * fy), 0, 255).astype(np.uint8)
 
 
 # -- predicting -------------------------------------------------------------------------
@@ -318,6 +330,15 @@ def _predict(predictor, crops: np.ndarray, tta: bool, model) -> np.ndarray:
     if model is not None:
         return np.asarray(predictor.predict(crops, tta=tta, model=model), np.float64)
     return np.asarray(predictor.predict(crops, tta=tta), np.float64)
+
+
+def _mean_shape(predictor) -> np.ndarray | None:
+    """The predictor's own training framing (``mean_shape``, (15, 2) index coordinates), or
+    None for faces15's :data:`MEAN_SHAPE`."""
+    shape = getattr(predictor, "mean_shape", None)
+    if shape is None and hasattr(predictor, "val_predictions"):  # a plain fkd_core.runs.Run
+        shape = run_mean_shape(predictor)
+    return None if shape is None else np.asarray(shape, np.float64).reshape(N_KEYPOINTS, 2)
 
 
 def _offset(predictor) -> float:
@@ -357,8 +378,8 @@ def predict_photos(images: list[np.ndarray], predictor, *, tta: bool = False,
     owners = [(i, b) for i, found in enumerate(boxes) for b in found]
     if not owners:
         return [[] for _ in images]
-    offset = _offset(predictor)
-    matrices = [box_transform(b[0]) for _, b in owners]
+    offset, shape = _offset(predictor), _mean_shape(predictor)
+    matrices = [box_transform(b[0], shape) for _, b in owners]
     passes = 2 if refine else 1
     for n in range(passes):
         crops = np.stack([crop(grays[i], m) for (i, _), m in zip(owners, matrices)])
@@ -366,7 +387,7 @@ def predict_photos(images: list[np.ndarray], predictor, *, tta: bool = False,
         crop_kp = pred - offset  # index convention
         photo_kp = np.stack([apply(invert(m), k) for m, k in zip(matrices, crop_kp)])
         if n + 1 < passes:
-            matrices = [shape_transform(k, rotate=rotate) for k in photo_kp]
+            matrices = [shape_transform(k, rotate=rotate, target=shape) for k in photo_kp]
     results: list[list[FaceResult]] = [[] for _ in images]
     for j, (i, (b, score, source)) in enumerate(owners):
         results[i].append(FaceResult(
@@ -394,15 +415,35 @@ def predict_photo(image: np.ndarray, predictor, *, tta: bool = False, refine: bo
 
 
 class LoadedRun:
-    """A run with its model loaded once: the ``predictor`` for many photos."""
+    """A run with its model loaded once: the ``predictor`` for many photos.
+
+    Its faces are framed like its own training faces: ``mean_shape`` is the mean of each
+    keypoint over its labelled validation faces (``val_predictions.npz``), in pixel
+    indices (:func:`run_mean_shape`); without it, faces15's :data:`MEAN_SHAPE`.
+    """
 
     def __init__(self, run):
         self.run = run
         self.model = run.load_model()
         self.label_offset = run.label_offset
+        self.mean_shape = run_mean_shape(run)
 
     def predict(self, images: np.ndarray, *, tta: bool = False, model=None) -> np.ndarray:
         return self.run.predict(images, tta=tta, model=model or self.model)
+
+
+def run_mean_shape(run, min_rows: int = 10) -> np.ndarray | None:
+    """A run's training framing (see :class:`LoadedRun`): the mean of each keypoint over its
+    labelled validation faces, or None when a keypoint has fewer than ``min_rows``."""
+    try:
+        truth = np.asarray(run.val_predictions["truth"], np.float64)
+    except (KeyError, OSError, ValueError):
+        return None
+    if truth.ndim != 2 or truth.shape[1] != N_COORDS:
+        return None
+    if (np.isfinite(truth).sum(axis=0) < min_rows).any():
+        return None
+    return np.nanmean(truth, axis=0).reshape(N_KEYPOINTS, 2) - run.label_offset
 
 
 # -- many files -------------------------------------------------------------------------
