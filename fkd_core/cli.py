@@ -736,9 +736,17 @@ def pipeline_cmd(
 
 def _photo_predictor(run: str, models: Path | None):
     """The predictor ``fkd predict`` uses for RUN: a run (id or folder) with its model
-    loaded once."""
+    loaded once, or a ``.tflite`` file written by ``fkd export`` (a file: runs are
+    folders)."""
     from fkd_core import photos
 
+    if Path(run).is_file():
+        from fkd_core.export import TFLiteModel
+
+        try:
+            return TFLiteModel(run)
+        except ValueError as exc:
+            fail(str(exc))
     found = _run(run, models)
     try:
         return photos.LoadedRun(found)
@@ -760,7 +768,8 @@ def _parse_box(text: str | None) -> tuple[float, ...] | None:
 
 @app.command("predict")
 def predict_cmd(
-    run: str = typer.Argument(..., help="Run id (under --models) or run folder."),
+    run: str = typer.Argument(..., help="Run id (under --models), run folder, or a .tflite "
+                              "file written by fkd export."),
     inputs: list[Path] = typer.Argument(..., help="Photos, or folders of photos."),
     output: Path = typer.Option(..., "-o", "--output", help="CSV file to write."),
     models: Path = MODELS_OPTION,

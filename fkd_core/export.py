@@ -17,6 +17,7 @@ the 96 × 96 → 30 shapes, with an :class:`ExportError` naming the file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shutil
@@ -29,7 +30,7 @@ import numpy as np
 
 from fkd_core import __version__
 from fkd_core.files import atomic_write, check_output_file
-from fkd_core.keypoints import COLUMN_NAMES, IMAGE_SIZE, N_COORDS
+from fkd_core.keypoints import COLUMN_NAMES, IMAGE_SIZE, N_COORDS, N_KEYPOINTS
 from fkd_core.run_schema import MAX_LABEL_OFFSET, RunFileError, _Checker, validate_run_id
 from fkd_core.runs import Run, RunError
 
@@ -54,7 +55,14 @@ class ExportError(RunError):
 
 
 def export_note(run: Run, fmt: str, quantize: str | None) -> dict:
-    """What a predictor needs besides the graph, and where the model came from."""
+    """What a predictor needs besides the graph, and where the model came from.
+
+    ``mean_shape`` is the run's training framing (:func:`fkd_core.photos.run_mean_shape`):
+    ``fkd predict`` crops photos' faces to it, so a .tflite file frames them as its run does.
+    """
+    from fkd_core.photos import run_mean_shape
+
+    shape = run_mean_shape(run)
     return {
         "format": NOTE_FORMAT,
         "version": NOTE_VERSION,
@@ -67,6 +75,7 @@ def export_note(run: Run, fmt: str, quantize: str | None) -> dict:
         "input": INPUT,
         "output": OUTPUT,
         "columns": list(COLUMN_NAMES),
+        "mean_shape": None if shape is None else np.round(shape, 4).tolist(),
         "val_rmse": run.val_rmse,
         "fkd_version": __version__,
     }
@@ -87,9 +96,24 @@ def check_note(note, source: str) -> dict:
         c.number("val_rmse", required=False, low=0)
         if c.text_list("columns") != list(COLUMN_NAMES):
             c.fail("columns", "are not the 30 keypoint columns in fkd's order")
+        shape = c.get("mean_shape", required=False)
+        if shape is not None and not _is_shape(shape):
+            c.fail("mean_shape", f"must be {N_KEYPOINTS} [x, y] pairs of pixel coordinates "
+                                 f"within {_SHAPE_RANGE}")
     except RunFileError as exc:
         raise ExportError(str(exc)) from None
     return note
+
+
+_SHAPE_RANGE = (-IMAGE_SIZE, 2 * IMAGE_SIZE)
+
+
+def _is_shape(value) -> bool:
+    low, high = _SHAPE_RANGE
+    return (isinstance(value, list) and len(value) == N_KEYPOINTS
+            and all(isinstance(p, list) and len(p) == 2 for p in value)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(v) and low <= v <= high for p in value for v in p))
 
 
 def _check_target(path: Path) -> Path:
@@ -305,6 +329,12 @@ class TFLiteModel:
     @property
     def quantize(self) -> str:
         return self.note["quantize"]
+
+    @property
+    def mean_shape(self) -> np.ndarray | None:
+        """The run's training framing, (15, 2) pixel indices, for cropping photos' faces."""
+        shape = self.note.get("mean_shape")
+        return None if shape is None else np.asarray(shape, np.float64)
 
     def predict(self, images: np.ndarray, *, tta: bool = False) -> np.ndarray:
         from fkd_core.predict import predict_keypoints

@@ -25,8 +25,10 @@ runner = CliRunner()
 # The heatmap head (the default): its custom SoftArgmax layer must survive the conversion.
 # (MobileNet and ResNet graphs are exported by benchmarks/bench_export.py; a tiny MobileNet
 # costs a minute to build and convert, too slow for the suite.)
+# Three quarters of the demo faces are validation rows: enough complete ones (≥ 20) for the
+# run to have its own training framing (mean shape), which the export must carry.
 TINY = dict(arch="simple", head="heatmap", width=1.0, epochs=1, batch_size=16,
-            steps_per_epoch=4, val_fraction=0.25, augment={})
+            steps_per_epoch=4, val_fraction=0.75, augment={})
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +208,36 @@ def test_export_cli(tiny_run, models, tmp_path, val_faces):
                                  "tflite", "-o", str(tmp_path / "no" / "z.tflite")])
     assert result.exit_code == 1 and "does not exist" in result.output
     assert not (tmp_path / "x").exists() and not (tmp_path / "y.tflite").exists()
+
+
+def test_fkd_predict_takes_a_tflite_file(tiny_run, models, exported, data, tmp_path):
+    """A photo predicted with the exported file gives the run's keypoints (≤ 0.02 px: the
+    CSV holds hundredths), its crops framed by the run's training faces as recorded in the
+    export (without that framing they land ~4 px away)."""
+    import csv
+
+    from PIL import Image
+
+    from fkd_core.keypoints import COLUMN_NAMES
+
+    canvas = np.full((240, 320), 90, np.uint8)
+    canvas[60:156, 100:196] = data.train.images[0]
+    photo = tmp_path / "photo.png"
+    Image.fromarray(canvas).save(photo)
+    assert export.TFLiteModel(exported[None]).mean_shape.shape == (15, 2)
+    found = {}
+    for name, run in (("run", "tiny"), ("tflite", str(exported[None]))):
+        result = runner.invoke(app, ["predict", run, str(photo), "--box", "100,60,96,96",
+                                     "--tta", "--models", str(models), "-o",
+                                     str(tmp_path / f"{name}.csv")])
+        assert result.exit_code == 0, result.output
+        with open(tmp_path / f"{name}.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 1 and rows[0]["file"] == "photo.png"
+        found[name] = np.array([float(rows[0][c]) for c in COLUMN_NAMES])
+    assert np.abs(found["tflite"] - found["run"]).max() <= 0.02
+    text = tmp_path / "model.tflite"
+    text.write_text("not a model")
+    result = runner.invoke(app, ["predict", str(text), str(photo), "--whole", "-o",
+                                 str(tmp_path / "x.csv")])
+    assert result.exit_code == 1 and "model.tflite is not a TFLite model" in result.output
