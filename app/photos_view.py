@@ -402,7 +402,7 @@ class PhotosView(pn.viewable.Viewer):
         if not n:
             self._crops.clear()
             return
-        columns = 1 if n <= 2 else 2 if n <= 8 else 3
+        columns = min(n, 2) if n <= 4 else 3
         self._crops.resize(n, columns)
         crops = np.stack([np.asarray(f.crop, np.uint8) for f in faces])
         crop_points = np.stack([np.asarray(f.crop_keypoints, float) for f in faces])

@@ -3,9 +3,9 @@ same helpers; their own live in ``tests/browser_harness.py``).
 
 ``python -m app.screenshots OUTDIR [--data PATH] [--models DIR]`` starts the server, opens
 each view and writes ``leaderboard.png``, ``grid.png``, ``detail.png``, ``data.png``,
-``augment.png``, ``flip_check.png``, ``flip_audit.png``, ``activations.png`` and
-``label_qa.png`` (1200 × 800, palette PNGs). Uses Debian's Chromium; never downloads a browser.
-Label QA's corrections go to a temporary log, never the user's.
+``augment.png``, ``flip_check.png``, ``flip_audit.png``, ``activations.png``,
+``label_qa.png`` and ``photos.png`` (1200 × 800, palette PNGs). Uses Debian's Chromium;
+never downloads a browser. Label QA's corrections go to a temporary log, never the user's.
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ def shoot_all(url: str, out: Path) -> dict[str, Path]:
             shots["data"] = save(page, out / "data.png")
             shots.update(shoot_inspection(page, out))
             shots["label_qa"] = shoot_label_qa(page, out)
+            shots["photos"] = shoot_photos(page, out)
             if errors:
                 print("browser console errors:\n  " + "\n  ".join(errors))
         finally:
@@ -189,6 +190,60 @@ def shoot_label_qa(page, out: Path, timeout: float = TIMEOUT_MS) -> Path:
     page.locator(".fkd-lqa-face").scroll_into_view_if_needed()
     page.wait_for_timeout(1000)
     return save(page, out / "label_qa.png")
+
+
+#: The Photos tab's sample photo: faces of the embedded demo set (training rows), each
+#: ``(row, x, y, scale)``, pasted into a colour canvas — made here, so that the README shows
+#: no one's real face. dlib's detector finds both of these.
+PHOTO_CANVAS = (640, 400)
+PHOTO_FACES = ((6, 50, 70, 2.6), (10, 380, 120, 2.1))
+
+
+def demo_photo(images, faces=PHOTO_FACES, canvas=PHOTO_CANVAS, fmt: str = "PNG") -> bytes:
+    """An encoded colour photo of 96×96 gray ``images[row]`` scaled and pasted per ``faces``."""
+    import io
+
+    from PIL import Image
+
+    photo = Image.new("RGB", canvas, (70, 120, 160))
+    for row, x, y, scale in faces:
+        size = (round(96 * scale),) * 2
+        face = Image.fromarray(images[row]).resize(size, Image.Resampling.BILINEAR)
+        photo.paste(face.convert("RGB"), (x, y))
+    out = io.BytesIO()
+    photo.save(out, fmt)
+    return out.getvalue()
+
+
+def upload_photos(page, *files: tuple[str, str, bytes]) -> None:
+    """Upload ``(name, MIME type, bytes)`` files with the Photos tab's file input."""
+    page.locator(".fkd-photo-upload input[type=file]").set_input_files(
+        [{"name": name, "mimeType": mime, "buffer": data} for name, mime, data in files])
+
+
+def shoot_photos(page, out: Path, timeout: float = TIMEOUT_MS) -> Path:
+    """The Photos tab on :func:`demo_photo` predicted by the first run, the pointer on a
+    keypoint (its tooltip names it)."""
+    from fkd_core import dataset
+
+    images = dataset.load(dataset.demo_path(), parts=("training",)).train.images
+    goto_tab(page, "Photos")
+    page.locator(".fkd-photo-run select option").first.wait_for(state="attached")
+    upload_photos(page, ("two demo faces.png", "image/png", demo_photo(images)))
+    page.locator("table.fkd-photo-keypoints").wait_for(timeout=timeout)
+    page.wait_for_timeout(800)
+    x, y = page.evaluate("""() => {
+        const points = Bokeh.documents[0].get_model_by_name('fkd-photo-points');
+        const fig = Bokeh.documents[0].get_model_by_name('fkd-photo-figure');
+        const view = Bokeh.index.find_one(fig);
+        const box = view.el.getBoundingClientRect();
+        const d = points.data_source.data;
+        return [box.x + view.frame.x_scale.compute(d.x[0]),
+                box.y + view.frame.y_scale.compute(d.y[0])];
+    }""")
+    page.mouse.move(x, y)
+    page.wait_for_timeout(500)
+    return save(page, out / "photos.png")
 
 
 def main(argv: list[str] | None = None) -> int:

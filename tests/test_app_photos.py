@@ -39,17 +39,9 @@ FOUND, MISSED = 0, 2
 browser = browser_harness.browser
 
 
-def demo_photo(data, row: int = 0, fmt: str = "PNG") -> bytes:
-    """A colour photo: training face ``row`` scaled ×2 on a larger coloured canvas."""
-    from PIL import Image
-
-    face = Image.fromarray(data.train.images[row]).resize((96 * SCALE, 96 * SCALE),
-                                                          Image.Resampling.BILINEAR)
-    canvas = Image.new("RGB", CANVAS, (70, 120, 160))
-    canvas.paste(face.convert("RGB"), (LEFT, TOP))
-    out = io.BytesIO()
-    canvas.save(out, fmt)
-    return out.getvalue()
+def demo_photo(data, row: int) -> bytes:
+    """A colour photo: demo training face ``row`` scaled ×2 on a larger coloured canvas."""
+    return ui.demo_photo(data.train.images, ((row, LEFT, TOP, SCALE),), CANVAS)
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +91,7 @@ def session(browser, server, tmp_path):
 
 
 def upload(s: Session, *files: tuple[str, str, bytes]) -> None:
-    s.page.locator(".fkd-photo-upload input[type=file]").set_input_files(
-        [{"name": name, "mimeType": mime, "buffer": data} for name, mime, data in files])
+    ui.upload_photos(s.page, *files)
 
 
 def shown_points(s: Session) -> dict:
