@@ -121,7 +121,7 @@ class ExperimentsView(pn.viewable.Viewer):
     # -- figures ------------------------------------------------------------------------
 
     def _curves_figure(self, scale: str):
-        fig = figure(width=1000, height=340, y_axis_type=scale, tools="pan,wheel_zoom,reset",
+        fig = figure(width=1150, height=360, y_axis_type=scale, tools="pan,wheel_zoom,reset",
                      toolbar_location="right", x_axis_label="epoch", name=f"fkd-exp-{scale}",
                      css_classes=["fkd-exp-curves"])
         fig.multi_line("xs", "ys", source=self._train, line_color="colour", line_dash="dashed",
@@ -137,7 +137,7 @@ class ExperimentsView(pn.viewable.Viewer):
         return fig
 
     def _sensitivity_figure(self):
-        fig = figure(x_range=FactorRange(factors=[]), width=700, height=320, tools="",
+        fig = figure(x_range=FactorRange(factors=[]), width=800, height=320, tools="",
                      toolbar_location=None, y_axis_label="validation RMSE (px)",
                      name="fkd-exp-sensitivity", css_classes=["fkd-exp-sensitivity"])
         fig.multi_line("xs", "ys", source=self._lines, line_color="colour", line_width=2)
@@ -151,7 +151,7 @@ class ExperimentsView(pn.viewable.Viewer):
         return fig
 
     def _comparison_figure(self):
-        fig = figure(width=1000, height=420, x_axis_type="log", tools="pan,wheel_zoom,reset",
+        fig = figure(width=1150, height=440, x_axis_type="log", tools="pan,wheel_zoom,reset",
                      toolbar_location="right", y_axis_label="validation RMSE (px)",
                      x_axis_label="ms per face", name="fkd-exp-comparison",
                      css_classes=["fkd-exp-comparison"])

@@ -4,8 +4,10 @@ same helpers; their own live in ``tests/browser_harness.py``).
 ``python -m app.screenshots OUTDIR [--data PATH] [--models DIR]`` starts the server, opens
 each view and writes ``leaderboard.png``, ``grid.png``, ``detail.png``, ``data.png``,
 ``augment.png``, ``flip_check.png``, ``flip_audit.png``, ``activations.png``,
-``label_qa.png`` and ``photos.png`` (1200 × 800, palette PNGs). Uses Debian's Chromium;
-never downloads a browser. Label QA's corrections go to a temporary log, never the user's.
+``label_qa.png``, ``photos.png`` (1200 × 800, palette PNGs) and ``experiments.png`` (the
+whole tab: curves, sensitivity and the architecture comparison, 1200 wide). Uses Debian's
+Chromium; never downloads a browser. Label QA's corrections go to a temporary log, never the
+user's.
 """
 
 from __future__ import annotations
@@ -120,6 +122,7 @@ def shoot_all(url: str, out: Path) -> dict[str, Path]:
             shots["data"] = save(page, out / "data.png")
             shots.update(shoot_inspection(page, out))
             shots["label_qa"] = shoot_label_qa(page, out)
+            shots["experiments"] = shoot_experiments(page, out)
             shots["photos"] = shoot_photos(page, out)
             if errors:
                 print("browser console errors:\n  " + "\n  ".join(errors))
@@ -190,6 +193,25 @@ def shoot_label_qa(page, out: Path, timeout: float = TIMEOUT_MS) -> Path:
     page.locator(".fkd-lqa-face").scroll_into_view_if_needed()
     page.wait_for_timeout(1000)
     return save(page, out / "label_qa.png")
+
+
+def wait_for_experiments(page, timeout: float = TIMEOUT_MS) -> None:
+    """Open the Experiments tab and wait until every run's inference cost is measured."""
+    goto_tab(page, "Experiments")
+    page.locator(".fkd-exp-curves canvas").first.wait_for(timeout=timeout)
+    page.wait_for_function("""() => {
+        const r = Bokeh.documents[0].get_model_by_name('fkd-exp-bubbles');
+        return r !== null && r.data_source.data.run.length > 0;
+    }""", timeout=timeout)
+    page.locator(".fkd-exp-cost-message", has_text="Measuring").wait_for(
+        state="hidden", timeout=timeout)
+
+
+def shoot_experiments(page, out: Path, timeout: float = TIMEOUT_MS) -> Path:
+    """The Experiments tab, whole: the newest sweep's curves and sensitivity, every bubble."""
+    wait_for_experiments(page, timeout)
+    page.wait_for_timeout(1000)
+    return save(page, out / "experiments.png", full_page=True)
 
 
 #: The Photos tab's sample photo: faces of the embedded demo set (training rows), each
