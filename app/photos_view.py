@@ -267,12 +267,6 @@ class PhotosView(pn.viewable.Viewer):
 
     # -- predicting ---------------------------------------------------------------------
 
-    def _photo_name(self, key: str) -> str:
-        if key.startswith(FOLDER):
-            return key[len(FOLDER):]
-        number = int(key[len(UPLOADED):])
-        return next((name for n, name, _ in self._uploads if n == number), "upload")
-
     def _photo_source(self, key: str):
         """(bytes or the folder's own path for the photo, its name); Unavailable if gone."""
         if key.startswith(FOLDER):
@@ -288,6 +282,8 @@ class PhotosView(pn.viewable.Viewer):
         raise Unavailable("that upload is no longer kept (upload it again)")
 
     def _predict(self) -> None:
+        self._token += 1  # whatever is still being computed is no longer wanted
+        self._content.loading = False
         if self.photo is None:
             self._content.visible = False
             folder = self.store.settings.photos
@@ -316,31 +312,36 @@ class PhotosView(pn.viewable.Viewer):
         if key in self._results:
             self._show(self._results[key])
             return
-        self._token += 1
+        try:
+            source, name = self._photo_source(self.photo)
+        except Unavailable as exc:
+            self._content.visible = False
+            self._message.say(str(exc), "danger")
+            return
         token = self._token
-        name = self._photo_name(self.photo)
         loading = "" if self.store.model_ready(self.run) else (
             " (loading its model, once per server)")
         self._message.say(f"Working: finding faces in {name} and predicting with run "
                           f"{self.run}{loading}…")
         self._content.loading = True
         self._download.disabled = True
-        photo, run_id, store = self.photo, self.run, self.store
+        done: list[Outcome] = []
+        run_id, store = self.run, self.store
         options = {"tta": self.tta, "refine": self.refine, "box": box,
                    "whole": self.find == "whole photo"}
+        compute_then_update(
+            lambda: done.append(predict(store, source, name, run_id, **options)),
+            lambda: self._done(key, token, done))
 
-        def work() -> None:
-            self._results[key] = predict(store, photo_source=lambda: self._photo_source(photo),
-                                         run_id=run_id, **options)
-
-        compute_then_update(work, lambda: self._done(key, token))
-
-    def _done(self, key: tuple, token: int) -> None:
+    def _done(self, key: tuple, token: int, done: list) -> None:
+        if not done:  # predict() failed outside its own handling: logged by the worker
+            done.append(Outcome(key[0], error="the prediction failed (the server's log "
+                                              "says why)"))
+        self._results[key] = done[0]
         while len(self._results) > MAX_RESULTS:
             self._results.pop(next(iter(self._results)))
-        if token != self._token or key not in self._results:
-            return  # a later choice is being computed
-        self._show(self._results[key])
+        if token == self._token:  # else a later choice is being computed or shown
+            self._show(done[0])
 
     # -- showing ------------------------------------------------------------------------
 
@@ -456,15 +457,14 @@ def keypoint_table(faces: list) -> str:
     )
 
 
-def predict(store: Store, *, photo_source, run_id: str, tta: bool, refine: bool, box,
+def predict(store: Store, source, name: str, run_id: str, *, tta: bool, refine: bool, box,
             whole: bool) -> Outcome:
-    """Decode the photo and predict its faces (in a worker thread): an :class:`Outcome`,
-    with a message for the page instead of faces when anything is wrong."""
-    name = "photo"
+    """Decode the photo (its bytes, or its path in the photos folder) and predict its faces,
+    in a worker thread: an :class:`Outcome`, with a message for the page instead of faces
+    when anything is wrong."""
     try:
         from fkd_core import photos
 
-        source, name = photo_source()
         image = photos.load_image(source, name)
         model = store.model(run_id)
         faces = photos.predict_photo(image, store.run(run_id), model=model, tta=tta,
