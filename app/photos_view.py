@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 
 #: The largest photo a page may upload (the loader's pixel limit applies as well).
 MAX_UPLOAD_BYTES = 20 * 2**20
-#: A session keeps its latest uploads only (bytes in memory).
+#: A session keeps its latest uploads only (bytes in memory): at most this many, and this
+#: many bytes in all.
 MAX_UPLOADS = 20
+MAX_KEPT_BYTES = 100 * 2**20
 #: Results kept per session: (photo, run, options) → faces.
 MAX_RESULTS = 16
 #: The photo's figure at most, in screen pixels; the photo is sent to the browser downsized
@@ -79,7 +81,9 @@ def display_rgba(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def download_name(photo_name: str) -> str:
     """``<photo>-keypoints.csv`` with only safe characters (the name came from a browser)."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", photo_name.rsplit(".", 1)[0]).strip("._")
+    base = re.split(r"[/\\]", photo_name)[-1]
+    base = base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._")
     return f"{stem[:80] or 'photo'}-keypoints.csv"
 
 
@@ -112,13 +116,13 @@ class PhotosView(pn.viewable.Viewer):
         self._started = False
         self._uploads: list[tuple[int, str, bytes]] = []  # (number, name, bytes)
         self._upload_count = 0
-        self._taken = None
         self._results: dict[tuple, Outcome] = {}
         self._token = 0
         self._shown: Outcome | None = None
         self._broken: dict[str, str] = {}
         self.last_faces = 0
         self._message = Message("fkd-photo-message")
+        self._refused = Message("fkd-photo-refused")  # until the next upload
         w = pn.widgets
         self._upload = w.FileInput(multiple=True, accept="image/*", width=260,
                                    css_classes=["fkd-photo-upload"])
@@ -128,7 +132,7 @@ class PhotosView(pn.viewable.Viewer):
             width=200, visible=False, css_classes=["fkd-photo-box"])
         self._download = w.FileDownload(callback=self._csv, filename="keypoints.csv",
                                         label="Download CSV", disabled=True, width=160,
-                                        button_type="primary", css_classes=["fkd-photo-csv"])
+                                        css_classes=["fkd-photo-csv"])
         self._photo_src = ColumnDataSource({"image": [], "x": [], "y": [], "dw": [], "dh": []})
         self._boxes = ColumnDataSource({"left": [], "right": [], "top": [], "bottom": [],
                                         "face": []})
@@ -172,7 +176,7 @@ class PhotosView(pn.viewable.Viewer):
                 w.Checkbox.from_param(self.param.tta, name="flip-TTA",
                                       css_classes=["fkd-photo-tta"], margin=(12, 10)),
             ),
-            self._message.pane, self._content, sizing_mode="stretch_width",
+            self._refused.pane, self._message.pane, self._content, sizing_mode="stretch_width",
         )
         self._refresh_choices()
 
@@ -232,9 +236,8 @@ class PhotosView(pn.viewable.Viewer):
     def _take_uploads(self) -> None:
         """Keep the new uploads' bytes (refusing any over the limit) and show the first."""
         value, names = self._upload.value, self._upload.filename
-        if not value or value is self._taken:
+        if not value:
             return
-        self._taken = value
         if isinstance(value, bytes):
             value, names = [value], [names]
         refused, first = [], None
@@ -246,14 +249,16 @@ class PhotosView(pn.viewable.Viewer):
                 continue
             self._upload_count += 1
             self._uploads.append((self._upload_count, name, data))
-            first = first or f"{UPLOADED}{self._upload_count}"
+            first = first or self._upload_count
         del self._uploads[:-MAX_UPLOADS]
+        while sum(len(data) for _, _, data in self._uploads) > MAX_KEPT_BYTES:
+            del self._uploads[0]
         self._upload.value = None  # the bytes live in self._uploads only
         self._refresh_choices()
-        if refused:
-            self._message.say("; ".join(refused), "danger")
+        self._refused.say("; ".join(refused), "danger")
+        kept = [n for n, _, _ in self._uploads]
         if first is not None:
-            self.photo = first
+            self.photo = f"{UPLOADED}{max(first, kept[0])}"
 
     @param.depends("find", watch=True)
     def _find_changed(self) -> None:

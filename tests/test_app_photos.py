@@ -212,3 +212,31 @@ def test_the_folder_listing(tmp_path, photos_dir, demo_dir):
     store = Store(Settings(str(demo_dir), str(tmp_path), photos=str(photos_dir)))
     assert store.photo_files() == {"face.png": photos_dir / "face.png"}
     assert Store(Settings(str(demo_dir), str(tmp_path))).photo_files() == {}
+
+
+def test_uploads_over_the_limit_are_refused_and_named(tmp_path, demo_dir, data):
+    from app.photos_view import MAX_UPLOAD_BYTES, PhotosView
+
+    view = PhotosView(Store(Settings(str(demo_dir), str(tmp_path))))
+    view.activate()
+    big = b"\xff\xd8" + bytes(MAX_UPLOAD_BYTES)
+    view._upload.param.update(filename=["big.jpg", "ok.png"],
+                              value=[big, demo_photo(data, FOUND)])
+    assert view._refused.text == ("big.jpg: 20.0 MB is over the 20 MB limit for an uploaded "
+                                  "photo")
+    assert list(view.param.photo.names) == ["ok.png (uploaded)"]
+    assert view._upload.value is None  # the bytes are kept once, by the view
+    assert view._message.text.startswith("No trained runs yet")
+
+
+def test_box_text_and_download_names():
+    from app.photos_view import download_name, parse_box
+
+    assert parse_box(" 10, 20.5 30 40 ") == (10.0, 20.5, 30.0, 40.0)
+    for bad in ("1, 2, 3", "a, b, c, d", "1, 2, 0, 4", "1, 2, 3, nan"):
+        with pytest.raises(ValueError, match="box"):
+            parse_box(bad)
+    assert download_name("my photo.JPG") == "my_photo-keypoints.csv"
+    assert download_name("../../etc/passwd") == "passwd-keypoints.csv"
+    assert download_name("C:\\x\\.face.v2.png") == "face.v2-keypoints.csv"
+    assert download_name("..") == "photo-keypoints.csv"
