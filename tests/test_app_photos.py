@@ -240,3 +240,16 @@ def test_box_text_and_download_names():
     assert download_name("../../etc/passwd") == "passwd-keypoints.csv"
     assert download_name("C:\\x\\.face.v2.png") == "face.v2-keypoints.csv"
     assert download_name("..") == "photo-keypoints.csv"
+
+
+def test_serve_passes_the_photos_folder_on(tmp_path):
+    from app.serve import WEBSOCKET_MAX_MESSAGE_BYTES, panel_args, serve_command
+
+    args = panel_args("data", "models", photos="pics")
+    assert args[args.index("--args"):][-2:] == ["--photos", "pics"]
+    assert args[args.index("--websocket-max-message-size") + 1] == str(
+        WEBSOCKET_MAX_MESSAGE_BYTES)
+    assert "--photos" not in panel_args("data", "models")
+    assert serve_command(photos="pics")[-2:] == ["--photos", "pics"]
+    assert Settings.from_args(["--photos", str(tmp_path)], {}).photos == str(tmp_path)
+    assert Settings.from_args([], {}).photos is None
