@@ -96,6 +96,7 @@ class Outcome:
     shown: np.ndarray | None = None  # display_rgba of the photo
     faces: list | None = None  # fkd_core.photos.FaceResult
     error: str | None = None
+    photo: str = ""  # the view's key of the photo
 
 
 class PhotosView(pn.viewable.Viewer):
@@ -119,6 +120,7 @@ class PhotosView(pn.viewable.Viewer):
         self._results: dict[tuple, Outcome] = {}
         self._token = 0
         self._shown: Outcome | None = None
+        self._drawn_photo = ""
         self._broken: dict[str, str] = {}
         self.last_faces = 0
         self._message = Message("fkd-photo-message")
@@ -342,7 +344,12 @@ class PhotosView(pn.viewable.Viewer):
         if not done:  # predict() failed outside its own handling: logged by the worker
             done.append(Outcome(key[0], error="the prediction failed (the server's log "
                                               "says why)"))
-        self._results[key] = done[0]
+        outcome = self._results[key] = done[0]
+        outcome.photo = key[0]
+        for other in self._results.values():  # one display copy per photo
+            if other.photo == outcome.photo and other.shown is not None:
+                outcome.shown = other.shown if outcome.shown is not None else None
+                break
         while len(self._results) > MAX_RESULTS:
             self._results.pop(next(iter(self._results)))
         if token == self._token:  # else a later choice is being computed or shown
@@ -380,6 +387,11 @@ class PhotosView(pn.viewable.Viewer):
             self._message.say(f"No face to predict in {outcome.name}.", "warning")
 
     def _draw_photo(self, outcome: Outcome) -> None:
+        """Send the photo and fit the figure to it, unless it is the one shown (another
+        run or option on the same photo keeps its pixels and the user's zoom)."""
+        if self._drawn_photo == outcome.photo:
+            return
+        self._drawn_photo = outcome.photo
         w, h = outcome.size
         scale = min(MAX_WIDTH / w, MAX_HEIGHT / h)
         fig = self._photo_fig

@@ -104,9 +104,11 @@ def shown_points(s: Session) -> dict:
     }""")
 
 
-def wait_for_table(s: Session, timeout: float = 90_000) -> None:
+def wait_for_table(s: Session, has_text: str = "face 1", timeout: float = 90_000) -> None:
+    """Wait for the table of coordinates, showing ``has_text``."""
     try:
-        s.page.locator("table.fkd-photo-keypoints").wait_for(timeout=timeout)
+        s.page.locator("table.fkd-photo-keypoints", has_text=has_text).wait_for(
+            timeout=timeout)
     except Exception:
         pytest.fail(f"no keypoint table; message: {message(s)!r} ({s.where()})")
 
@@ -181,7 +183,7 @@ def test_a_non_image_upload_is_a_message_and_a_missed_face_has_fallbacks(session
     s.page.locator(".fkd-photo-find .bk-btn", has_text="box").click()
     s.page.locator(".fkd-photo-box input").fill(BOX)
     s.page.locator(".fkd-photo-box input").press("Enter")
-    wait_for_table(s)
+    wait_for_table(s, "face 1 · given box")
     s.check("face 1 · given box" in s.page.locator("table.fkd-photo-keypoints").inner_text(),
             "the given box")
     xy = np.array([shown_points(s)["x"], shown_points(s)["y"]]).T
@@ -199,7 +201,7 @@ def test_a_folder_photo_by_name_and_a_broken_run(session):
     expect_text(s, re.compile(rf"run {BROKEN} is broken: model\.keras"))
     browser_harness.choose(s.page, "fkd-photo-run", RUN)
     s.page.locator(".fkd-photo-find .bk-btn", has_text="whole photo").click()
-    wait_for_table(s)
+    wait_for_table(s, "face 1 · whole photo")
     points = shown_points(s)
     s.check(len(points["x"]) == 15, f"15 keypoints: {points}")
     s.check("face.png" in s.page.locator(".fkd-photo-summary p").inner_text(), "named")
