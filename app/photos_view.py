@@ -146,12 +146,12 @@ class PhotosView(pn.viewable.Viewer):
         self._summary = pn.pane.HTML("", css_classes=["fkd-photo-summary"], margin=(0, 10))
         self._table = pn.pane.HTML("", css_classes=["fkd-photo-table"], margin=(0, 10),
                                    styles={"max-height": "420px", "overflow-y": "auto"})
+        self._crops_column = pn.Column(
+            pn.pane.Markdown("**what the model saw** (96×96 crops)", margin=(0, 10)),
+            pn.pane.Bokeh(self._crops.figure, margin=(5, 10)))
         self._content = pn.Column(
             self._summary,
-            pn.Row(pn.pane.Bokeh(self._photo_fig, margin=(5, 10)),
-                   pn.Column(pn.pane.Markdown("**what the model saw** (96×96 crops)",
-                                              margin=(0, 10)),
-                             pn.pane.Bokeh(self._crops.figure, margin=(5, 10)))),
+            pn.Row(pn.pane.Bokeh(self._photo_fig, margin=(5, 10)), self._crops_column),
             pn.Row(self._table, self._download),
             visible=False, sizing_mode="stretch_width",
         )
@@ -417,6 +417,7 @@ class PhotosView(pn.viewable.Viewer):
             "colour": np.tile(COLOURS, n)[keep], "name": np.tile(NAMES, n)[keep],
             "face": np.repeat(np.arange(1, n + 1), N_KEYPOINTS)[keep],
         }
+        self._crops_column.visible = bool(n)
         if not n:
             self._crops.clear()
             return
