@@ -778,7 +778,7 @@ def predict_cmd(
     tta: bool = typer.Option(False, "--tta/--no-tta", help="Horizontal-flip test-time augment."),
     refine: bool = typer.Option(True, "--refine/--no-refine", help="Second pass on a crop "
                                 "aligned to the training faces' mean shape."),
-    min_face: int = typer.Option(40, "--min-face", min=8, help="Smallest face (px) the "
+    min_face: int = typer.Option(48, "--min-face", min=8, help="Smallest face (px) the "
                                  "detector looks for (large photos are shrunk to 800 px)."),
     box: str = typer.Option(None, "--box", help="x,y,w,h: the face's box instead of the "
                             "detector (every photo)."),

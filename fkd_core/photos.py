@@ -36,7 +36,7 @@ from fkd_core.keypoints import COLUMN_NAMES, IMAGE_SIZE, N_COORDS, N_KEYPOINTS
 #: The largest photo decoded (pixels); checked from the header before any decoding.
 MAX_PIXELS = 50_000_000
 #: Smallest face (box side in photo pixels) the detector looks for by default.
-MIN_FACE = 40
+MIN_FACE = 48
 #: dlib's HOG window is 80 px: a photo is scaled by 80 / min_face before detection …
 _HOG_WINDOW = 80
 #: … but never beyond this many pixels on its long side (large photos are shrunk instead;
@@ -280,22 +280,36 @@ def apply(matrix: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
 
 def crop(gray: np.ndarray, matrix: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """The (size, size) uint8 crop whose pixel (i, j) shows the photo at the inverse of
-    ``matrix`` (photo → crop) at (j, i); bilinear, edges extended, rounded to nearest. A face
-    much larger than the crop is first box-filtered down by an integer factor so that it
-    does not alias."""
+    ``matrix`` (photo → crop) at (j, i); bilinear, edges extended, rounded to nearest.
+
+    A face larger than the crop is first shrunk with Pillow's antialiasing resize (only the
+    part of the photo the crop shows), so that a large face is averaged, not sampled, as
+    a camera or a resized training face would be."""
     from PIL import Image
 
     gray = np.asarray(gray, np.uint8)
-    scale = math.sqrt(abs(np.linalg.det(matrix[:, :2])))
-    k = int(1.0 / scale) if scale < 0.5 else 1
+    h, w = gray.shape
     m = matrix
-    if k >= 2:
-        gray = np.asarray(Image.fromarray(gray).reduce(k))
-        # reduced pixel j covers photo pixels k·j … k·j + k − 1: photo p = k·j + (k − 1)/2
-        m = compose(m, np.array([[k, 0.0, (k - 1) / 2], [0.0, k, (k - 1) / 2]]))
+    scale = math.sqrt(abs(np.linalg.det(m[:, :2])))
+    if scale < 0.95:
+        inv = invert(m)
+        edge = np.array([-0.5, size - 0.5])
+        corners = np.array([[x, y] for x in edge for y in edge]) @ inv[:, :2].T + inv[:, 2]
+        margin = 2.0 / scale + 2.0
+        x0 = int(np.clip(np.floor(corners[:, 0].min() - margin), 0, w - 1))
+        y0 = int(np.clip(np.floor(corners[:, 1].min() - margin), 0, h - 1))
+        x1 = int(np.clip(np.ceil(corners[:, 0].max() + margin), x0 + 1, w))
+        y1 = int(np.clip(np.ceil(corners[:, 1].max() + margin), y0 + 1, h))
+        nw, nh = max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))
+        gray = np.asarray(Image.fromarray(gray).resize((nw, nh), Image.BILINEAR,
+                                                       box=(x0, y0, x1, y1)))
+        # Pillow maps shrunk pixel j's centre to photo x0 + (j + 0.5)·(x1 − x0)/nw − 0.5
+        fx, fy = (x1 - x0) / nw, (y1 - y0) / nh
+        m = compose(m, np.array([[fx, 0.0, x0 + 0.5 * fx - 0.5],
+                                 [0.0, fy, y0 + 0.5 * fy - 0.5]]))
+        h, w = gray.shape
     inv = invert(m)
     jj, ii = np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64))
-    h, w = gray.shape
     px = np.clip(inv[0, 0] * jj + inv[0, 1] * ii + inv[0, 2], 0, w - 1)
     py = np.clip(inv[1, 0] * jj + inv[1, 1] * ii + inv[1, 2], 0, h - 1)
     x0 = np.minimum(np.floor(px).astype(np.intp), max(w - 2, 0))
@@ -365,7 +379,7 @@ def face_boxes(image: np.ndarray, *, min_face: int = MIN_FACE, box=None, whole: 
 
 
 def predict_photos(images: list[np.ndarray], predictor, *, tta: bool = False,
-                   refine: bool = True, rotate: bool = True, min_face: int = MIN_FACE,
+                   refine: bool | int = True, rotate: bool = True, min_face: int = MIN_FACE,
                    box=None, whole: bool = False, fallback: str | None = None, model=None,
                    boxes: list | None = None) -> list[list[FaceResult]]:
     """:func:`predict_photo` for many photos, every face of every photo in one model batch
@@ -380,12 +394,11 @@ def predict_photos(images: list[np.ndarray], predictor, *, tta: bool = False,
         return [[] for _ in images]
     offset, shape = _offset(predictor), _mean_shape(predictor)
     matrices = [box_transform(b[0], shape) for _, b in owners]
-    passes = 2 if refine else 1
+    passes = 1 + int(refine)  # refine=True: one refinement pass; an int: that many
     for n in range(passes):
         crops = np.stack([crop(grays[i], m) for (i, _), m in zip(owners, matrices)])
         pred = _predict(predictor, crops, tta, model)
-        crop_kp = pred - offset  # index convention
-        photo_kp = np.stack([apply(invert(m), k) for m, k in zip(matrices, crop_kp)])
+        photo_kp = np.stack([apply(invert(m), k) for m, k in zip(matrices, pred - offset)])
         if n + 1 < passes:
             matrices = [shape_transform(k, rotate=rotate, target=shape) for k in photo_kp]
     results: list[list[FaceResult]] = [[] for _ in images]

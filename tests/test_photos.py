@@ -216,7 +216,7 @@ def dot_photo(matrix: np.ndarray, size=(320, 260), sigma: float = 1.0) -> np.nda
 def test_keypoints_come_back_at_their_photo_position(offset):
     """A face (here 15 dots) at scale 2.4, rotated 20° and shifted, given a box that is 12 %
     too large and off-centre: the first pass and the refined pass both map the measured
-    crop positions back onto the dots' photo positions within 0.2 px, and the refined crop
+    crop positions back onto the dots' photo positions within 0.3 px, and the refined crop
     shows the face upright on the mean shape. A run's label offset is kept in photo
     coordinates (its labels' convention)."""
     to_photo = similarity(2.4, 20.0, 0, 0)
@@ -230,7 +230,7 @@ def test_keypoints_come_back_at_their_photo_position(offset):
         assert predictor.calls == (2 if refine else 1)  # one batch per pass
         assert face.source == "box" and math.isnan(face.score)
         assert face.crop.shape == (96, 96) and face.crop.dtype == np.uint8
-        assert np.abs(face.keypoints - offset - truth).max() < 0.2
+        assert np.abs(face.keypoints - offset - truth).max() < 0.3
     crop_pts = face.crop_keypoints - offset
     assert np.abs(crop_pts - photos.MEAN_SHAPE.reshape(-1)).max() < 0.2
 
