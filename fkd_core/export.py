@@ -188,8 +188,7 @@ def export_run(run: Run, path: str | os.PathLike, fmt: str, *, quantize: str | N
     staging = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     os.mkdir(staging)  # mode by umask, like any other program's folder
     try:
-        _save_graph(model, staging / "saved")
-        os.rename(staging / "saved", staging / "model")
+        _save_graph(model, staging / "model")
         (staging / "model" / NOTE_FILE).parent.mkdir(exist_ok=True)
         (staging / "model" / NOTE_FILE).write_text(json.dumps(note, indent=1) + "\n")
         _check_target(path)
@@ -203,12 +202,12 @@ def savedmodel_note(path: str | os.PathLike) -> dict:
     """The checked note of a SavedModel folder written by :func:`export_run`."""
     file = Path(path) / NOTE_FILE
     try:
-        if file.stat().st_size > _MAX_NOTE_BYTES:
-            raise ExportError(f"{file} is larger than {_MAX_NOTE_BYTES} bytes")
-        note = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, ExportError):
-            raise
+        with open(file, "rb") as f:
+            text = f.read(_MAX_NOTE_BYTES + 1)
+        if len(text) > _MAX_NOTE_BYTES:
+            raise ValueError(f"larger than {_MAX_NOTE_BYTES} bytes")
+        note = json.loads(text.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
         raise ExportError(f"{path} is not a SavedModel exported by fkd: {file} is unreadable "
                           f"({type(exc).__name__}: {exc})") from None
     return check_note(note, str(path))
