@@ -25,6 +25,7 @@ import csv
 import io
 import math
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,16 +157,18 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 
 # -- finding faces ----------------------------------------------------------------------
 
-_detector = None
+_local = threading.local()
 
 
 def _hog():
-    global _detector
-    if _detector is None:
+    """This thread's dlib detector: one object used by two threads at once corrupts memory
+    (the dashboard predicts in worker threads)."""
+    detector = getattr(_local, "detector", None)
+    if detector is None:
         import dlib
 
-        _detector = dlib.get_frontal_face_detector()
-    return _detector
+        detector = _local.detector = dlib.get_frontal_face_detector()
+    return detector
 
 
 def detection_scale(shape: tuple[int, int], min_face: int = MIN_FACE) -> float:

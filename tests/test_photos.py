@@ -300,6 +300,20 @@ def test_detector_finds_two_demo_faces(demo_faces):
     assert photos.find_faces(np.full((200, 200, 3), 128, np.uint8)) == []
 
 
+def test_detector_in_several_threads_at_once(demo_faces):
+    """The dashboard predicts in worker threads: one shared dlib detector used by two
+    threads at once corrupted memory (the process aborted); each thread has its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [demo_canvas([paste(demo_faces, 2, 2.0, 0, (120, 150))], size=(240 + 20 * k, 300))[0]
+              for k in range(6)]  # sizes differ: the detector's buffers are resized per photo
+    expected = [photos.find_faces(im) for im in images]
+    with ThreadPoolExecutor(4) as pool:
+        found = list(pool.map(lambda k: photos.find_faces(images[k % 6]), range(48)))
+    assert all(len(f) == 1 for f in expected)
+    assert found == [expected[k % 6] for k in range(48)]
+
+
 @pytest.mark.skipif(not (PHOTOS15 / "images").is_dir(), reason="../shared/data/photos15 absent")
 def test_detector_finds_real_faces():
     files = sorted((PHOTOS15 / "images").glob("*.jpg"))[::12]
