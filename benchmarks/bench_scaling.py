@@ -278,9 +278,9 @@ def stage_predict(args: dict) -> dict:
     run = runs.read_run(args["run"])
     for old in run.path.glob("predictions-*.npz"):
         old.unlink()
-    base = _rss_mb()
     model = run.load_model()
     run.predict(data.train.images[:256], model=model)  # the first call traces the graph
+    base = _rss_mb()  # TensorFlow, the model and the data: what grows from here is predicting
     t = time.perf_counter()
     key = runs.images_key(parts)
     hash_s = time.perf_counter() - t
@@ -408,6 +408,9 @@ def run_scales(args) -> dict:
             reason = None
             if minutes > args.max_minutes:
                 reason = f"{minutes:.0f} min spent, over --max-minutes {args.max_minutes:g}"
+            elif stage == "dashboard" and "faces_per_s" not in scale.get("predict", {}):
+                reason = "no cached predictions (the predict stage did not finish), so the " \
+                         "server would compute them itself"
             elif previous is not None:
                 need = projected_mb(previous[1].get(stage), previous[0], k)
                 if need is not None and need > 0.85 * available_mb():
