@@ -327,10 +327,16 @@ def sweep_cmd(
                                    "aug.rotate_deg, ...); repeat for more options."),
     draws: int = typer.Option(None, "--random", min=1, help="Train N random combinations "
                               "(drawn with --seed) instead of all of them."),
-    backend: str = typer.Option("local", "--backend", help="local (ray is not in this "
-                                "version)."),
-    parallel: int = typer.Option(1, "--parallel", min=1, help="Trials at once, each an "
-                                 "`fkd train` process."),
+    backend: str = typer.Option("local", "--backend", help="local (this machine) or ray "
+                                "(each trial a Ray task; pip install 'fkd[ray]')."),
+    parallel: int = typer.Option(1, "--parallel", min=1, help="Trials at once: local, each "
+                                 "an `fkd train` process; ray without --address, the room "
+                                 "of the local Ray instance started for the sweep."),
+    address: str = typer.Option(None, "--address", help="Ray cluster to run the trials on "
+                                "(e.g. 10.0.0.1:6379 or auto); the models folder must be "
+                                "shared storage at the same path on every node."),
+    trial_cpus: float = typer.Option(1, "--trial-cpus", help="CPUs Ray gives each trial."),
+    trial_gpus: float = typer.Option(0, "--trial-gpus", help="GPUs Ray gives each trial."),
     sweep_id: str = typer.Option(None, "--sweep-id", help="Name of the sweep (default: from "
                                  "its settings, so the same command resumes it)."),
 ):
@@ -338,11 +344,13 @@ def sweep_cmd(
     --config recipe included) as runs tagged with the sweep; run it again to resume."""
     from fkd_core import recipes, sweeps
 
+    if backend not in sweeps.BACKENDS:
+        fail(f"--backend must be {' or '.join(sweeps.BACKENDS)}, not {backend!r}")
     if backend == "ray":
-        fail("--backend ray is not implemented in this version; use --backend local "
-             "(with --parallel N for several trials at once)")
-    if backend != "local":
-        fail(f"--backend must be local or ray, not {backend!r}")
+        try:
+            sweeps.ray_backend()
+        except sweeps.SweepError as exc:
+            fail(escape(str(exc)))
     train_command = ctx.parent.command.get_command(ctx.parent, "train")
     train_ctx = train_command.make_context("sweep", list(ctx.args), parent=ctx.parent)
     config_file = train_ctx.params.get("config_file")
@@ -368,8 +376,11 @@ def sweep_cmd(
         fail(str(exc))
     train_set, applied = _corrected(_load_train(data_path),
                                     _option_path(options, "corrections"))
-    out.print(f"sweep [bold]{escape(sweep.sweep_id)}[/]: {len(sweep.trials)} trials"
-              + (f", {parallel} at a time" if parallel > 1 else ""), highlight=False)
+    where = (f", as Ray tasks ({trial_cpus:g} CPU, {trial_gpus:g} GPU each) on "
+             + (escape(address) if address else f"a local Ray instance, {parallel} at a time")
+             if backend == "ray" else f", {parallel} at a time" if parallel > 1 else "")
+    out.print(f"sweep [bold]{escape(sweep.sweep_id)}[/]: {len(sweep.trials)} trials{where}",
+              highlight=False, soft_wrap=True)
 
     def report(state, trial, index, total, **d):
         name = f"[{index}/{total}] {escape(trial.run_id)}"
@@ -387,11 +398,12 @@ def sweep_cmd(
     try:
         record = sweeps.run_sweep(sweep, models_dir, train_set=train_set, corrections=applied,
                                   parallel=parallel, on_event=report, verbose=_verbose(),
-                                  config_file=config_file)
+                                  config_file=config_file, backend=backend, address=address,
+                                  trial_cpus=trial_cpus, trial_gpus=trial_gpus)
     except KeyboardInterrupt:
         fail("sweep interrupted; finished trials are kept, rerun to continue", code=130)
     except sweeps.SweepError as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     summary = sweeps.summarise(record, sweeps.sweep_folder(models_dir, sweep.sweep_id))
     if summary.best:
         out.print(f"best trial {escape(summary.best['run_id'])}: val RMSE "

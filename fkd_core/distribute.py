@@ -176,6 +176,28 @@ def prepare(strategy: str = "auto") -> Placement:
     return placement
 
 
+def install_conflict() -> str | None:
+    """What to do when both TensorFlow builds are installed, else None.
+
+    ``tensorflow-cpu`` (fkd's base dependency on x86_64) and ``tensorflow`` (what
+    ``fkd[gpu]`` adds) write the same ``tensorflow`` package: the build in use is whichever
+    was installed last, and uninstalling one deletes the other's files."""
+    from importlib import metadata
+
+    found = {}
+    for name in ("tensorflow", "tensorflow-cpu"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    if len(found) < 2:
+        return None
+    return ("both tensorflow and tensorflow-cpu are installed and share one set of files, "
+            "so the CUDA build may not be the one in place; for GPUs run: pip uninstall -y "
+            "tensorflow-cpu && pip install --force-reinstall --no-deps "
+            f"tensorflow=={found['tensorflow']}")
+
+
 def check_precision(precision: str) -> str:
     """``precision`` if this machine can use it (``mixed`` needs a GPU)."""
     if precision not in PRECISIONS:
@@ -185,8 +207,10 @@ def check_precision(precision: str) -> str:
         import tensorflow as tf
 
         if not tf.config.list_physical_devices("GPU"):
+            hint = install_conflict()
             raise DistributeError("--precision mixed needs a GPU (TensorFlow sees none here): "
-                                  "on a CPU float16 is no faster, only less accurate")
+                                  "on a CPU float16 is no faster, only less accurate"
+                                  + (f"; {hint}" if hint else ""))
     return precision
 
 

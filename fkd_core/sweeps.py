@@ -12,7 +12,7 @@ keeps each trial's state, error and validation RMSE; only the process running th
 writes it, atomically, under a lock, and every trial's ``config.json`` carries
 ``sweep = {id, values}``. Trials train one after another in this process, or ``parallel``
 at a time as ``python -m fkd_core.cli train`` subprocesses (their output in the sweep's
-folder, ``<run id>.log``).
+folder, ``<run id>.log``), or as Ray tasks (``backend="ray"``, :mod:`fkd_core.sweep_ray`).
 """
 
 from __future__ import annotations
@@ -348,6 +348,10 @@ def run_sweep(
     on_event: Callable[..., None] | None = None,
     verbose: int | str = 0,
     config_file: Path | None = None,
+    backend: str = "local",
+    address: str | None = None,
+    trial_cpus: float = 1,
+    trial_gpus: float = 0,
 ) -> dict:
     """Train the sweep's trials whose run folder does not exist; returns the record.
 
@@ -357,7 +361,19 @@ def run_sweep(
     process (``parallel=1``) trials train on ``train_set`` (with ``corrections`` recorded);
     with ``parallel > 1`` each is an ``fkd train`` subprocess (``config_file``: the recipe,
     so its provenance is recorded as ``fkd train --config`` records it).
+
+    With ``backend="ray"`` each trial is a Ray task asking for ``trial_cpus`` CPUs and
+    ``trial_gpus`` GPUs, on the cluster at ``address`` or on a local Ray instance started
+    with room for ``parallel`` trials (and shut down after).
     """
+    if backend not in BACKENDS:
+        raise SweepError(f"--backend must be {' or '.join(BACKENDS)}, not {backend!r}")
+    if backend == "ray":
+        on_ray = ray_backend()
+        if trial_cpus <= 0 or trial_gpus < 0:
+            raise SweepError("--trial-cpus must be positive and --trial-gpus not negative")
+    elif address:
+        raise SweepError("--address is the Ray cluster's: give it with --backend ray")
     models_dir = Path(models_dir)
     folder = sweep_folder(models_dir, sweep.sweep_id)
     folder.mkdir(parents=True, exist_ok=True)
@@ -406,7 +422,13 @@ def run_sweep(
             write_record(path, record)
 
         try:
-            if parallel <= 1:
+            if backend == "ray":
+                on_ray.run_trials(
+                    sweep, todo, models_dir, folder, train_set, corrections, address=address,
+                    cpus=trial_cpus, gpus=trial_gpus, parallel=parallel, report=report,
+                    finish=finish, total=total, record=record, path=path,
+                    write_record=write_record)
+            elif parallel <= 1:
                 _run_here(sweep, todo, models_dir, train_set, corrections, verbose, report,
                           finish, total, record, path)
             else:
@@ -418,6 +440,18 @@ def run_sweep(
                     entry["status"] = "pending"
             write_record(path, record)
     return record
+
+
+def ray_backend():
+    """:mod:`fkd_core.sweep_ray`, or a SweepError saying how to install Ray."""
+    try:
+        from fkd_core import sweep_ray
+    except ImportError as exc:
+        if exc.name != "ray" and not str(exc.name).startswith("ray."):
+            raise
+        raise SweepError("--backend ray needs Ray, an optional extra: pip install 'fkd[ray]'"
+                         ) from None
+    return sweep_ray
 
 
 def _run_here(sweep, todo, models_dir, train_set, corrections, verbose, report, finish, total,

@@ -125,3 +125,15 @@ def test_chief_is_the_chief_task_or_else_worker_zero():
     assert distribute.is_chief({"cluster": with_chief, "task": {"type": "chief", "index": 0}})
     assert not distribute.is_chief({"cluster": with_chief,
                                     "task": {"type": "worker", "index": 0}})
+
+
+def test_one_tensorflow_build_installed_is_no_conflict():
+    from importlib import metadata
+
+    builds = []
+    for name in ("tensorflow", "tensorflow-cpu"):
+        try:
+            builds.append(metadata.version(name))
+        except metadata.PackageNotFoundError:
+            pass
+    assert (distribute.install_conflict() is None) == (len(builds) < 2)

@@ -143,13 +143,6 @@ def test_bad_grid_is_an_error_naming_it_before_training(grid, named, demo_dir, t
     assert list(tmp_path.iterdir()) == []  # nothing trained, no record
 
 
-def test_ray_backend_is_a_clear_error(demo_dir, tmp_path):
-    result = _sweep(demo_dir, tmp_path, "--grid", "lr=0.001,0.0003", "--backend", "ray")
-    assert result.exit_code == 1
-    assert "not implemented in this version" in _flat(result)
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_trial_ids_are_deterministic_and_random_draws_seeded():
     grid = sweeps.parse_grid(["lr=1e-3,3e-4,1e-4", "aug.rotate_deg=5,15"])
     assert grid == {"lr": [1e-3, 3e-4, 1e-4], "aug.rotate_deg": [5, 15]}
