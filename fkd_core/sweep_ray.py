@@ -24,6 +24,7 @@ running the sweep again does.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 import socket
@@ -79,11 +80,23 @@ def connect(address: str | None, cpus: int, gpus: float, parallel: int) -> bool:
         return False
     if address:
         ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=int(parallel * cpus), **({"num_gpus": int(parallel * gpus + 0.999)}
-                                                   if gpus else {}),
-                 include_dashboard=False, log_to_driver=False)
+    else:  # GPUs as Ray finds them: claiming absent ones would train on the CPU unnoticed
+        ray.init(num_cpus=math.ceil(parallel * cpus), include_dashboard=False,
+                 log_to_driver=False)
     return True
+
+
+def check_room(cpus: float, gpus: float) -> None:
+    """A SweepError if no node of the cluster could ever run one trial (Ray would wait for
+    ever)."""
+    from fkd_core.sweeps import SweepError
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if not any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
+        most = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+        raise SweepError(f"no Ray node has {cpus:g} CPUs and {gpus:g} GPUs for a trial (the "
+                         f"largest has {most.get('CPU', 0):g} CPUs, {most.get('GPU', 0):g} "
+                         "GPUs); lower --trial-cpus / --trial-gpus")
 
 
 def run_trials(sweep, todo, models_dir: Path, folder: Path, train_set, corrections, *,
@@ -98,6 +111,7 @@ def run_trials(sweep, todo, models_dir: Path, folder: Path, train_set, correctio
     started_here = connect(address, cpus, gpus, parallel)
     pending: dict = {}
     try:
+        check_room(cpus, gpus)
         remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_calls=1 if gpus else 0,
                             max_retries=0)(_trial)
         data = ray.put(train_set)

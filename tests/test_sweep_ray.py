@@ -141,6 +141,18 @@ def test_ray_sweep_on_a_cluster_records_a_failed_trial_like_local(demo_dir, tmp_
     shutil.rmtree(temp, ignore_errors=True)
 
 
+def test_a_trial_no_node_can_hold_is_refused_not_waited_for(demo_dir, tmp_path):
+    before = _ray_pids()
+    result = _sweep(demo_dir, tmp_path, "--grid", "lr=0.001,0.0003", "--trial-gpus", "64")
+    assert result.exit_code == 1, result.output
+    assert "no Ray node has 1 CPUs and 64 GPUs for a trial" in _flat(result)
+    assert not [p for p in tmp_path.iterdir() if p.name != "_sweeps"]
+    record = sweeps.read_record(next(tmp_path.glob("_sweeps/*/sweep.json")))
+    assert {t["status"] for t in record["trials"]} == {"pending"}
+    assert not ray.is_initialized()
+    _assert_no_new_ray_processes(before)
+
+
 def test_missing_ray_is_a_clear_error(demo_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets without the extra
     monkeypatch.delitem(sys.modules, "fkd_core.sweep_ray", raising=False)
