@@ -3,10 +3,10 @@
 # photos (real video frames, people absent from faces15's training set), scored by
 # ../shared/bin/photos15-score; once with the refinement pass (the default) and once without.
 # Predictions go to a temporary folder (never into the repository). Run from the repository
-# root: benchmarks/photos15/run.sh [RUN] (default faces15-resnet-s0); extra arguments after
+# root: benchmarks/photos15/run.sh [RUN] (default faces15-ensemble, the pipeline's result); extra arguments after
 # RUN go to `fkd predict` (e.g. --tta).
 set -euo pipefail
-RUN=${1:-faces15-resnet-s0}
+RUN=${1:-faces15-ensemble}
 shift || true
 PHOTOS=../shared/data/photos15/images
 OUT=$(mktemp -d)
