@@ -128,22 +128,13 @@ def merge(blocks: list[Path], out: Path, n_test: int) -> None:
     tmp = out.with_name(f".{out.name}-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    with open(tmp / kaggle.TRAINING, "wb") as dst:
-        for i, b in enumerate(blocks):
-            with open(b / kaggle.TRAINING, "rb") as src:
-                header = src.readline()
-                if i == 0:
-                    dst.write(header)
-                shutil.copyfileobj(src, dst, 16 * MIB)
-    with open(tmp / kaggle.TEST, "wb") as dst:
-        for i, b in enumerate(blocks):
-            with open(b / kaggle.TEST, "rb") as src:
-                header = src.readline()
-                if i == 0:
-                    dst.write(header)
-                for line in src:
-                    image_id, rest = line.split(b",", 1)
-                    dst.write(b"%d,%s" % (int(image_id) + i * n_test, rest))
+    _concat(blocks, kaggle.TRAINING, tmp)
+
+    def shift_image_id(i: int, line: bytes) -> bytes:
+        image_id, rest = line.split(b",", 1)
+        return b"%d,%s" % (int(image_id) + i * n_test, rest)
+
+    _concat(blocks, kaggle.TEST, tmp, shift_image_id)
     lookups = []
     for i, b in enumerate(blocks):
         part = pd.read_csv(b / kaggle.LOOKUP)
@@ -157,6 +148,20 @@ def merge(blocks: list[Path], out: Path, n_test: int) -> None:
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
 
+
+def _concat(blocks: list[Path], name: str, folder: Path, edit=None) -> None:
+    """``folder/name`` as the blocks' files of that name, one header; ``edit(i, line)``
+    rewrites block i's data lines (None: copied as they are)."""
+    with open(folder / name, "wb") as dst:
+        for i, b in enumerate(blocks):
+            with open(b / name, "rb") as src:
+                header = src.readline()
+                if i == 0:
+                    dst.write(header)
+                if edit is None:
+                    shutil.copyfileobj(src, dst, 16 * MIB)
+                else:
+                    dst.writelines(edit(i, line) for line in src)
 
 # --------------------------------------------------------------------------------------
 # Stages, each run in a child process of its own
