@@ -27,6 +27,7 @@ from app.faces import COLOURS, NAMES, FaceCanvas
 from app.state import Store, Unavailable
 from app.untrusted import Message, html_text
 from fkd_core.keypoints import N_KEYPOINTS
+from fkd_core.photos import parse_box
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +49,6 @@ FIND = {"find faces": "detector", "whole photo": "whole", "box": "box"}
 UPLOADED = "u:"
 FOLDER = "f:"
 NO_PHOTO = "(upload a photo)"
-
-
-def parse_box(text: str) -> tuple[float, float, float, float]:
-    """``"x, y, w, h"`` (photo pixels) → a box; a ValueError says what is wrong."""
-    parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
-    try:
-        x, y, w, h = (float(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"the box {text.strip()!r} is not four numbers x, y, w, h "
-                         "(photo pixels)") from None
-    if not all(np.isfinite((x, y, w, h))) or w <= 0 or h <= 0:
-        raise ValueError(f"the box {text.strip()!r} needs a width and height above 0")
-    return x, y, w, h
 
 
 def display_rgba(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -767,15 +767,14 @@ def _photo_predictor(run: str, models: Path | None):
 
 
 def _parse_box(text: str | None) -> tuple[float, ...] | None:
+    from fkd_core.photos import parse_box
+
     if text is None:
         return None
     try:
-        box = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        box = ()
-    if len(box) != 4 or not (box[2] > 0 and box[3] > 0):
-        fail(f"--box {text!r}: expected x,y,w,h in photo pixels with w and h > 0")
-    return box
+        return parse_box(text)
+    except ValueError as exc:
+        fail(f"--box: {exc}")
 
 
 @app.command("predict")

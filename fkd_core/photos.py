@@ -25,6 +25,7 @@ import csv
 import io
 import math
 import os
+import re
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -383,6 +384,21 @@ def _offset(predictor) -> float:
     return float(getattr(predictor, "label_offset", 0.0) or 0.0)
 
 
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``"x, y, w, h"`` (photo pixels, commas or spaces) → a box, for ``fkd predict --box``
+    and the Photos tab alike; a ValueError says what is wrong."""
+    parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
+    try:
+        x, y, w, h = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"the box {text.strip()!r} is not four numbers x, y, w, h "
+                         "(photo pixels)") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        raise ValueError(f"the box {text.strip()!r} needs finite numbers and a width and height "
+                         "above 0")
+    return x, y, w, h
+
+
 def face_boxes(image: np.ndarray, *, min_face: int = MIN_FACE, box=None, whole: bool = False,
                fallback: str | None = None) -> list[tuple[tuple, float, str]]:
     """The boxes to predict in a photo as ``(box, score, source)``: the given box, the
@@ -410,8 +426,8 @@ def predict_photos(images: list[np.ndarray], predictor, *, tta: bool = False,
     photo's face boxes as :func:`face_boxes` returns them, when already known."""
     grays = [to_gray(im) for im in images]
     if boxes is None:
-        boxes = [face_boxes(im, min_face=min_face, box=box, whole=whole, fallback=fallback)
-                 for im in images]
+        boxes = [face_boxes(g, min_face=min_face, box=box, whole=whole, fallback=fallback)
+                 for g in grays]
     owners = [(i, b) for i, found in enumerate(boxes) for b in found]
     if not owners:
         return [[] for _ in images]
@@ -543,11 +559,12 @@ def predict_files(paths, predictor, *, chunk: int = 32, progress=None,
                 results.append(FileResult(Path(path), error=str(exc)))
                 t["decode"] += time.perf_counter() - t0
                 continue
+            gray = to_gray(image)  # once: detection and cropping both work on it
             t1 = time.perf_counter()
-            boxes.append(face_boxes(image, **detect_options))
+            boxes.append(face_boxes(gray, **detect_options))
             t["decode"] += t1 - t0
             t["detect"] += time.perf_counter() - t1
-            images.append(image)
+            images.append(gray)
             results.append(FileResult(Path(path), image=image))
         t0 = time.perf_counter()
         faces = predict_photos(images, predictor, model=model, boxes=boxes, **options) \
