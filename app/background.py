@@ -52,7 +52,7 @@ transport.install()
 WORKERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fkd-work")
 
 
-def _session_doc():
+def session_doc():
     """The current session's document, or None outside a served session."""
     doc = pn.state.curdoc
     return doc if doc is not None and doc.session_context is not None else None
@@ -79,7 +79,7 @@ def compute_then_update(work: Callable[[], object], update: Callable[[], None]) 
     :class:`~app.state.Unavailable` it raises is expected (the store keeps the reason, and
     ``update`` asks the store again and shows it).
     """
-    doc = _session_doc()
+    doc = session_doc()
     try:
         loop = asyncio.get_running_loop()  # a session's callbacks run on the server's loop
     except RuntimeError:  # a document built with no loop running (Panel's --warm run)
@@ -104,7 +104,7 @@ def _run(work: Callable[[], object]) -> None:
 def on_click(button, handler: Callable[[], None]) -> None:
     """``button.on_click(handler)``, the handler run as described in the module docstring."""
     def clicked(_event) -> None:
-        doc = _session_doc()
+        doc = session_doc()
         if doc is None:
             handler()
         else:
@@ -127,7 +127,7 @@ def in_document(method):
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        doc = _session_doc()
+        doc = session_doc()
         if doc is None:
             return method(self, *args, **kwargs)
         if args or kwargs:

@@ -22,7 +22,7 @@ import panel as pn
 
 from app.activations_view import ActivationsView
 from app.augment_view import AugmentView
-from app.background import in_document
+from app.background import in_document, session_doc
 from app.data_view import DataView
 from app.experiments_view import ExperimentsView
 from app.flip_audit_view import FlipAuditView
@@ -98,8 +98,7 @@ class Dashboard(pn.viewable.Viewer):
             margin=(5, 10),
         )
         self._layout = pn.Column(header, banner, self.tabs, sizing_mode="stretch_width")
-        doc = pn.state.curdoc
-        self._doc = doc if doc is not None and doc.session_context is not None else None
+        self._doc = session_doc()
         if self._doc is not None:
             self._sid = self._doc.session_context.id
             _OPENING[self._sid] = time.monotonic()
