@@ -34,6 +34,7 @@ from pathlib import Path
 import ray
 
 from fkd_core.files import atomic_write
+from fkd_core.sweeps import train_trial, trial_tags
 
 TOKEN = ".ray-token"
 
@@ -52,28 +53,21 @@ def _trial(train_set, config, models_dir: str, run_id: str, *, folder: str, toke
             "cluster the models folder must be shared storage mounted at the same path on "
             "every node")}
     cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-    import keras
     import tensorflow as tf
 
     with contextlib.suppress(RuntimeError):  # a reused worker's TensorFlow is set already
         tf.config.threading.set_intra_op_parallelism_threads(cpus)
         tf.config.threading.set_inter_op_parallelism_threads(cpus)
-    keras.backend.clear_session()  # a reused worker does not pile up earlier trials' graphs
-    from fkd_core.training import train
-
-    error = None
     with open(Path(folder) / f"{run_id}.log", "w", encoding="utf-8") as log, \
             contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        try:
-            train(train_set, config, models_dir, run_id=run_id, verbose=2,
-                  corrections=corrections, recipe=recipe, sweep=sweep)
-        except Exception as exc:  # one trial's failure, whatever it is, is that trial's own
-            error = f"{type(exc).__name__}: {exc}"
+        error = train_trial(train_set, config, models_dir, run_id, corrections=corrections,
+                            recipe=recipe, sweep=sweep, verbose=2)
+        if error:
             print(f"error: {error}")
     return {"seconds": time.monotonic() - started, "error": error}
 
 
-def connect(address: str | None, cpus: int, gpus: float, parallel: int) -> bool:
+def connect(address: str | None, cpus: int, parallel: int) -> bool:
     """Join the cluster at ``address``, or start a local instance with room for ``parallel``
     trials; returns whether this call started Ray (and so must shut it down)."""
     if ray.is_initialized():  # a Ray session the caller opened: use it, leave it open
@@ -108,7 +102,7 @@ def run_trials(sweep, todo, models_dir: Path, folder: Path, train_set, correctio
     token = secrets.token_hex(16)
     with atomic_write(folder / TOKEN, encoding="utf-8") as f:
         f.write(token)
-    started_here = connect(address, cpus, gpus, parallel)
+    started_here = connect(address, cpus, parallel)
     pending: dict = {}
     try:
         check_room(cpus, gpus)
@@ -116,11 +110,11 @@ def run_trials(sweep, todo, models_dir: Path, folder: Path, train_set, correctio
                             max_retries=0)(_trial)
         data = ray.put(train_set)
         for i, trial, entry in todo:
+            recipe, tag = trial_tags(sweep, trial)
             ref = remote.remote(
                 data, trial.config, str(Path(models_dir).resolve()), trial.run_id,
                 folder=str(folder.resolve()), token=token, corrections=corrections,
-                recipe={**sweep.recipe, "options": trial.options} if sweep.recipe else None,
-                sweep={"id": sweep.sweep_id, "values": trial.values})
+                recipe=recipe, sweep=tag)
             pending[ref] = (i, trial, entry)
             entry["status"] = "running"
             report("training", trial, i, total)

@@ -454,27 +454,43 @@ def ray_backend():
     return sweep_ray
 
 
-def _run_here(sweep, todo, models_dir, train_set, corrections, verbose, report, finish, total,
-              record, path):
+def trial_tags(sweep, trial) -> tuple[dict | None, dict]:
+    """What a trial's run records of its sweep: the recipe with the trial's options (None
+    without a recipe file) and the ``{"id", "values"}`` tag."""
+    recipe = {**sweep.recipe, "options": trial.options} if sweep.recipe else None
+    return recipe, {"id": sweep.sweep_id, "values": trial.values}
+
+
+def train_trial(train_set, config, models_dir, run_id: str, *, corrections, recipe, sweep,
+                verbose: int) -> str | None:
+    """Train one trial in this process; its error as ``Type: message``, or None.
+
+    Used by every backend that trains in a process it reuses (this one, a Ray worker).
+    """
     import keras
 
     from fkd_core.training import train
 
+    keras.backend.clear_session()  # a reused process does not pile up earlier trials' graphs
+    try:
+        train(train_set, config, models_dir, run_id=run_id, verbose=verbose,
+              corrections=corrections, recipe=recipe, sweep=sweep)
+    except Exception as exc:  # one trial's failure, whatever it is, is that trial's own
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _run_here(sweep, todo, models_dir, train_set, corrections, verbose, report, finish, total,
+              record, path):
     for i, trial, entry in todo:
-        keras.backend.clear_session()  # a long sweep does not pile up every trial's graph
         entry["status"] = "running"
         write_record(path, record)
         report("training", trial, i, total)
         started = time.monotonic()
-        try:
-            train(train_set, trial.config, models_dir, run_id=trial.run_id, verbose=verbose,
-                  corrections=corrections,
-                  recipe={**sweep.recipe, "options": trial.options} if sweep.recipe else None,
-                  sweep={"id": sweep.sweep_id, "values": trial.values})
-        except Exception as exc:  # one trial's failure, whatever it is, is that trial's own
-            finish(entry, trial, i, started, f"{type(exc).__name__}: {exc}")
-        else:
-            finish(entry, trial, i, started)
+        recipe, tag = trial_tags(sweep, trial)
+        finish(entry, trial, i, started,
+               train_trial(train_set, trial.config, models_dir, trial.run_id,
+                           corrections=corrections, recipe=recipe, sweep=tag, verbose=verbose))
 
 
 def _run_processes(sweep, todo, models_dir, folder, parallel, config_file, report, finish,
@@ -490,7 +506,7 @@ def _run_processes(sweep, todo, models_dir, folder, parallel, config_file, repor
                            *(["--config", str(config_file)] if config_file else []),
                            *_cli_args(trial.options), "--models", str(models_dir),
                            "--run-id", trial.run_id, "--sweep-tag",
-                           json.dumps({"id": sweep.sweep_id, "values": trial.values})]
+                           json.dumps(trial_tags(sweep, trial)[1])]
                 with open(log, "wb") as f:
                     proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL)
