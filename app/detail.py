@@ -11,11 +11,13 @@ from app.faces import COLOURS, NAMES, face_figure, in_frame
 from app.untrusted import html_text
 from fkd_core.keypoints import IMAGE_SIZE, KEYPOINT_NAMES, N_KEYPOINTS
 
-SCALE = 4
+SCALE = 3
+#: Shown until a face is clicked.
+HINT = "<p>Click a face to see it here, large, with every keypoint's error.</p>"
 
 
 class FaceDetail(pn.viewable.Viewer):
-    """A large face (runs A and B as filled circles and triangles) and a 15-row table."""
+    """A large face (runs A and B as filled circles and triangles) above a 15-row table."""
 
     title = param.String(default="")
 
@@ -34,14 +36,12 @@ class FaceDetail(pn.viewable.Viewer):
             ("keypoint", "@name"), ("", "@what"), ("x, y", "@x{0.0}, @y{0.0}"),
         ]))
         self._figure = fig
-        self._heading = pn.pane.HTML("", css_classes=["fkd-detail-title"], margin=(0, 10))
+        self._heading = pn.pane.HTML(HINT, css_classes=["fkd-detail-title"], margin=(0, 10),
+                                     width=IMAGE_SIZE * SCALE)
         self._table = pn.pane.HTML("", css_classes=["fkd-detail-table"], margin=(0, 10))
         self._legend = pn.pane.HTML("", margin=(0, 10), width=IMAGE_SIZE * SCALE,
                                     styles={"font-size": "12px"})
-        self._layout = pn.Row(
-            pn.Column(pn.pane.Bokeh(fig), self._legend),
-            pn.Column(self._heading, self._table),
-        )
+        self._layout = pn.Column(self._heading, pn.pane.Bokeh(fig), self._legend, self._table)
 
     def show(self, image, truth, runs: list[tuple[str, np.ndarray]], heading: str) -> None:
         """Draw one face; ``runs`` is [(run id, (30,) prediction)], one or two of them."""

@@ -24,14 +24,12 @@ from fkd_core.keypoints import KEYPOINT_NAMES
 SORTS = ("worst first", "one keypoint's error", "row order", "random")
 NO_COMPARE = "(none)"
 COLUMNS = {12: 6, 24: 6, 48: 8, 96: 12}
-#: Panel's modal fades its content in over 0.6 s; a face's detail should be there at once.
-NO_FADE = ".dialog-overlay, .dialog-content { animation: none; }"
 
 
 class FaceGrid(pn.viewable.Viewer):
     """Pages of faces for one run (and optionally a second one beside it); a click on a face
-    opens its detail. Predictions are computed off the event loop the first time a run is
-    shown, so a slow model never freezes other sessions."""
+    shows it in the detail panel beside them. Predictions are computed off the event loop the
+    first time a run is shown, so a slow model never freezes other sessions."""
 
     run = param.Selector(default=None, objects=[], doc="Run whose predictions are shown.")
     compare = param.Selector(default=NO_COMPARE, objects=[NO_COMPARE],
@@ -63,9 +61,11 @@ class FaceGrid(pn.viewable.Viewer):
             css_classes=["fkd-open-augment"],
         )
         on_click(self._to_augment, self._open_row_elsewhere)
-        self._modal = pn.Modal(pn.Column(self._to_augment, self.detail), open=False,
-                               show_close_button=True, css_classes=["fkd-detail"],
-                               stylesheets=[NO_FADE])
+        # Beside the faces and always on the page: opening a face only replaces the panel's
+        # data, where a modal dialog made the browser restyle and lay out the whole page
+        # (a quarter of a second with one session, more under load).
+        self._detail_box = pn.Column(self.detail, self._to_augment, css_classes=["fkd-detail"],
+                                     margin=(0, 0, 0, 10))
         self._message = Message("fkd-grid-message")
         self._header = pn.pane.HTML("", css_classes=["fkd-grid-header"], margin=(0, 10))
         self._legend = pn.pane.HTML("", margin=(0, 10), styles={"font-size": "12px"})
@@ -98,8 +98,8 @@ class FaceGrid(pn.viewable.Viewer):
         )
         self._faces = pn.pane.Bokeh(self.canvas.figure)
         self._layout = pn.Column(
-            self._controls, self._message.pane, self._pager, self._legend, self._faces,
-            self._modal,
+            self._controls, self._message.pane, self._pager, self._legend,
+            pn.Row(self._faces, self._detail_box),
         )
         self.refresh_runs()
 
@@ -375,11 +375,9 @@ class FaceGrid(pn.viewable.Viewer):
         self._detail_row = None if self.subset == "test" else row
         self._to_augment.visible = self._on_open_row is not None and self._detail_row is not None
         self.detail.show(image, truth, preds, heading)
-        self._modal.open = True
 
     def _open_row_elsewhere(self) -> None:
         if self._on_open_row is not None and self._detail_row is not None:
-            self._modal.open = False
             self._on_open_row(self._detail_row)
 
     def __panel__(self):

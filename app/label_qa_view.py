@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
-from bokeh.models import ColumnDataSource, HoverTool, PointDrawTool
+from bokeh.models import ColumnDataSource, HoverTool, NumberFormatter, PointDrawTool
 
 from app.background import compute_then_update, in_document, on_click
 from app.faces import COLOURS, NAMES, face_figure
@@ -31,7 +31,8 @@ NO_RUN = "(none: shape, order and duplicates only)"
 ALL_REASONS = "every reason"
 REASONS = ("residual", "swap", "shape", "order", "duplicate")
 SCALE = 4
-PAGE_SIZE = 12
+#: Height of the suspects list in pixels (about a dozen rows; the list scrolls).
+TABLE_HEIGHT = 320
 PAIRS = {f"{KEYPOINT_NAMES[i]} ⇄ {KEYPOINT_NAMES[j]}": KEYPOINT_NAMES[i]
          for i, j in enumerate(FLIP_PERMUTATION) if i < j}
 MARK = "✎"
@@ -97,12 +98,13 @@ class LabelQAView(pn.viewable.Viewer):
         self._open_row = w.Button(label="open", width=70, align="end",
                                   css_classes=["fkd-lqa-open"])
         on_click(self._open_row, lambda: self.show_row(int(self._row_input.value or 0)))
-        self._table = w.Tabulator(
-            pd.DataFrame(columns=["row", "keypoint", "reason", "score", MARK]), disabled=True,
-            show_index=False, selectable=1, pagination="remote", page_size=PAGE_SIZE,
-            layout="fit_data", css_classes=["fkd-lqa-suspects"], visible=False,
-            formatters={"keypoint": {"type": "plaintext"}, "reason": {"type": "plaintext"},
-                        "score": {"type": "money", "precision": 2, "symbol": ""}},
+        self._table = w.DataFrame(  # Bokeh's table (its scripts are on every page anyway); "#"
+            pd.DataFrame(columns=["row", "keypoint", "reason", "score", MARK]),  # is the rank
+            editors={}, show_index=False, reorderable=False, height=TABLE_HEIGHT, row_height=26,
+            width=660, autosize_mode="none",
+            widths={"row": 60, "keypoint": 160, "reason": 300, "score": 60, MARK: 30},
+            css_classes=["fkd-lqa-suspects"], visible=False,
+            formatters={"score": NumberFormatter(format="0.00")},
         )
         self._table.param.watch(self._selected, "selection")
         self._list_header = pn.pane.HTML("", css_classes=["fkd-lqa-list-header"], margin=(0, 10))

@@ -1,7 +1,10 @@
-"""The leaderboard: a sortable table of runs and a runs × keypoints heatmap of validation RMSE.
+"""The leaderboard: a table of runs (sorted by a chosen column) and a runs × keypoints heatmap
+of validation RMSE.
 
-Clicking a heatmap cell calls ``on_cell(run_id, keypoint)``; the page uses it to open the
-face grid on that run, worst faces for that keypoint first.
+It is the page every session opens on, so it is kept light: the table is plain HTML (a
+Tabulator would add half a megabyte of scripts to every page and a second of layout under
+load). Clicking a heatmap cell calls ``on_cell(run_id, keypoint)``; the page uses it to open
+the face grid on that run, worst faces for that keypoint first.
 """
 
 from __future__ import annotations
@@ -59,6 +62,47 @@ def leaderboard_frame(runs) -> pd.DataFrame:
     return frame.sort_values("val RMSE", na_position="last").reset_index(drop=True)
 
 
+#: Leaderboard columns shown with a fixed number of decimals (the rest as they are).
+DECIMALS = {"val RMSE": 3, "flip-TTA RMSE": 3, "hold-out RMSE": 3, "hold-out TTA": 3,
+            "params": 0}
+#: Columns sorted from high to low (the rest from low to high: best RMSE first).
+DESCENDING = ("params", "epochs", "train min", "width")
+
+
+def sort_frame(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """``frame`` sorted by ``column`` (missing values last; ties in leaderboard order)."""
+    if column not in frame.columns:
+        return frame
+    return frame.sort_values(column, ascending=column not in DESCENDING, na_position="last",
+                             kind="stable").reset_index(drop=True)
+
+
+def _cell(column: str, value) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    if column in DECIMALS and isinstance(value, (int, float, np.number)):
+        return f"{float(value):,.{DECIMALS[column]}f}"
+    return html_text(value)
+
+
+def table_html(frame: pd.DataFrame) -> str:
+    """The runs as an HTML table; every cell escaped (run ids and config strings are
+    untrusted)."""
+    head = "".join(f"<th>{html_text(c)}</th>" for c in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_cell(c, v)}</td>" for c, v in zip(frame.columns, row)) + "</tr>"
+        for row in frame.itertuples(index=False))
+    return f'<table class="fkd-runs"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+TABLE_CSS = """
+table.fkd-runs { border-collapse: collapse; font-size: 13px; }
+table.fkd-runs th, table.fkd-runs td { padding: 3px 8px; border-bottom: 1px solid #ddd;
+  text-align: left; white-space: nowrap; }
+table.fkd-runs th { background: #f3f3f3; }
+"""
+
+
 def heatmap_data(runs, metric: str = "plain") -> dict:
     """Columns for the heatmap's rects: one per (run, keypoint), NaN where unknown."""
     key = METRICS[metric]
@@ -81,6 +125,8 @@ def heatmap_data(runs, metric: str = "plain") -> dict:
 class Leaderboard(pn.viewable.Viewer):
     metric = param.Selector(default="plain", objects=list(METRICS),
                             doc="Per-keypoint RMSE with or without flip test-time augmentation.")
+    sort_by = param.Selector(default="val RMSE", objects=["val RMSE"],
+                             doc="Column the runs are sorted by.")
 
     def __init__(self, store: Store, on_cell: Callable[[str, str], None] | None = None,
                  **params):
@@ -88,18 +134,11 @@ class Leaderboard(pn.viewable.Viewer):
         self.store = store
         self.on_cell = on_cell
         self._runs = []
-        self._table = pn.widgets.Tabulator(
-            pd.DataFrame(), disabled=True, show_index=False, sortable=True, layout="fit_data",
-            css_classes=["fkd-leaderboard"], selectable=False,
-            formatters={  # text from config.json: Tabulator's escaping formatter
-                **{c: {"type": "plaintext"} for c in ("run", "kind", "arch", "head")},
-                "val RMSE": {"type": "money", "precision": 3, "symbol": ""},
-                "flip-TTA RMSE": {"type": "money", "precision": 3, "symbol": ""},
-                "hold-out RMSE": {"type": "money", "precision": 3, "symbol": ""},
-                "hold-out TTA": {"type": "money", "precision": 3, "symbol": ""},
-                "params": {"type": "money", "precision": 0, "thousand": ",", "symbol": ""},
-            },
-        )
+        self._frame = leaderboard_frame([])
+        self._table = pn.pane.HTML("", css_classes=["fkd-leaderboard"], stylesheets=[TABLE_CSS],
+                                   margin=(0, 10))
+        self._sort = pn.widgets.Select.from_param(self.param.sort_by, label="sort by", width=160,
+                                                  css_classes=["fkd-sort-runs"])
         self._source = ColumnDataSource(heatmap_data([]))
         self._mapper = LinearColorMapper(palette=Viridis256, nan_color="#dddddd")
         self._figure = self._heatmap()
@@ -116,9 +155,8 @@ class Leaderboard(pn.viewable.Viewer):
             pn.pane.Bokeh(self._figure),
         )
         self._runs_heading = pn.pane.Markdown("### Runs")
-        self._layout = pn.Column(
-            self._empty, self._broken, self._runs_heading, self._table, self._heatmap_box,
-        )
+        self._table_box = pn.Column(self._runs_heading, self._sort, self._table)
+        self._layout = pn.Column(self._empty, self._broken, self._table_box, self._heatmap_box)
         self.refresh()
 
     def _heatmap(self):
@@ -160,10 +198,23 @@ class Leaderboard(pn.viewable.Viewer):
                 f"<pre>{html_text(self.store.train_command())}</pre><p>then reload this page.</p>"
             )
         self._empty.visible = not self._runs
-        self._table.value = leaderboard_frame(self._runs)
-        self._table.visible = self._runs_heading.visible = bool(self._runs)
+        self._frame = leaderboard_frame(self._runs)
+        columns = list(self._frame.columns)
+        self.param.sort_by.objects = columns
+        if self.sort_by not in columns:
+            self.sort_by = "val RMSE"
+        self._render_table()
+        self._table_box.visible = bool(self._runs)
         self._heatmap_box.visible = bool(self._runs)
         self.update_heatmap()
+
+    @param.depends("sort_by", watch=True)
+    @in_document
+    def _show_table(self) -> None:
+        self._render_table()
+
+    def _render_table(self) -> None:
+        self._table.object = table_html(sort_frame(self._frame, self.sort_by))
 
     @param.depends("metric", watch=True)
     @in_document

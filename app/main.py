@@ -19,10 +19,10 @@ from app.augment_view import warm_up_in_background  # noqa: E402
 from app.dashboard import Dashboard  # noqa: E402
 from app.state import Settings, get_store  # noqa: E402
 
-# Every script and stylesheet (Bokeh's, Panel's, Tabulator's) from this server, never a CDN,
+# Every script and stylesheet (Bokeh's and Panel's) from this server, never a CDN,
 # whatever BOKEH_RESOURCES says: the page must work offline and leak nothing to third parties.
 bokeh_settings.resources = "server"
-pn.extension("tabulator", "modal", notifications=False)
+pn.extension(notifications=False)
 if pn.state.curdoc is not None:
     # Panel points its components' stylesheets at the server when it renders the page's HTML;
     # a session Bokeh makes from a websocket (the page's own session expired while a busy

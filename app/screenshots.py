@@ -115,7 +115,6 @@ def shoot_all(url: str, out: Path) -> dict[str, Path]:
             page.locator("table.fkd-keypoints").wait_for()
             page.wait_for_timeout(800)
             shots["detail"] = save(page, out / "detail.png")
-            page.locator(".pnx-dialog-close").click()
             goto_tab(page, "Data")
             page.locator(".fkd-positions").wait_for()
             page.wait_for_timeout(1000)
@@ -181,10 +180,10 @@ def shoot_label_qa(page, out: Path, timeout: float = TIMEOUT_MS) -> Path:
     if len(runs) > 1:
         select.select_option(label=runs[1])
         page.locator(".fkd-lqa-list-header", has_text="predictions").wait_for(timeout=timeout)
-    rows = page.locator(".fkd-lqa-suspects .tabulator-row")
+    rows = page.locator(".fkd-lqa-suspects .slick-row")
     rows.first.wait_for(timeout=timeout)
     residual = rows.filter(has_text="residual")  # one with a suggestion, if listed
-    (residual if residual.count() else rows).first.locator(".tabulator-cell").nth(2).click()
+    (residual if residual.count() else rows).first.locator(".slick-cell.l3").click()
     page.locator(".fkd-lqa-editor").wait_for()
     accept = page.locator(".fkd-lqa-accept button")
     if accept.is_enabled():

@@ -5,8 +5,8 @@ Run folders and data files come from other people, so every string read from the
 an HTML pane through :func:`html_text` and into a Markdown pane (Alert is one) through
 :func:`markdown_text`: Markdown passes raw HTML through and gives ``*``, ``_``, ``[`` … a
 meaning. Bokeh needs nothing extra: tooltip ``@field`` values (without ``{safe}``), axis
-factors, Select options and ``HTMLLabelSet`` texts are all set as text by BokehJS, and the
-leaderboard's Tabulator cells use the ``plaintext`` formatter, which escapes.
+factors, Select options and ``HTMLLabelSet`` texts are all set as text by BokehJS, and
+the leaderboard table escapes every cell with :func:`html_text`.
 """
 
 from __future__ import annotations

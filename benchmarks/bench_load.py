@@ -597,10 +597,8 @@ class ProtocolSession:
         row = int(m.group(1)) if m else None
 
         def detail_shown():
-            modal = self.find("fkd-detail")
             m = ROW.search(self.text("fkd-detail-title", within="fkd-detail"))
-            return m if m and (row is None or int(m.group(1)) == row) and (
-                modal is None or modal.open) else None
+            return m if m and (row is None or int(m.group(1)) == row) else None
 
         async def detail():
             await self.until(lambda: not selected.indices)  # the server clears each tap
@@ -658,8 +656,6 @@ def protocol_clients(url: str, n: int, interval: float, limits: tuple[float, flo
     import logging
 
     import panel  # noqa: F401  registers Panel's Bokeh models, so patches can be applied
-    import panel.models.modal  # noqa: F401
-    import panel.models.tabulator  # noqa: F401
 
     logging.getLogger("bokeh").setLevel(logging.CRITICAL)
     tally = Tally()

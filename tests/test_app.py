@@ -186,8 +186,10 @@ def test_clicking_a_face_opens_its_detail(session):
     s.check(table.locator("tbody tr").count() == 15, "one table row per keypoint")
     expect_text(s, f"training.csv row {row} (line {row + 2})")
     s.check(table.get_by_text("nose_tip").is_visible(), "keypoint names listed")
-    s.page.locator(".pnx-dialog-close").click()
-    table.wait_for(state="hidden")
+    faces = s.page.locator(".fkd-grid-faces").first.bounding_box()
+    panel = s.page.locator(".fkd-detail .fkd-detail-face").first.bounding_box()
+    s.check(panel["x"] >= faces["x"] + faces["width"], "the detail is beside the faces")
+    s.check(s.page.locator(".fkd-grid-faces").first.is_visible(), "the faces stay visible")
     s.check_console()
 
 

@@ -282,11 +282,11 @@ def test_a_suspect_opens_its_face(browser, served, log_path, tmp_path):
     browser_harness.choose(s.page, "fkd-lqa-run", NO_RUN)
     s.page.locator(".fkd-lqa-list-header", has_text="judged by the labels alone").wait_for()
     table = s.page.locator(".fkd-lqa-suspects")
-    first = table.locator(".tabulator-row").first
+    first = table.locator(".slick-row").first  # Bokeh's DataTable: #, row, keypoint, reason…
     first.wait_for(timeout=ui.TIMEOUT_MS)
-    row = int(first.locator(".tabulator-cell[tabulator-field='row']").inner_text())
-    reason = first.locator(".tabulator-cell[tabulator-field='reason']").inner_text()
-    first.locator(".tabulator-cell[tabulator-field='reason']").click()
+    row = int(first.locator(".slick-cell.l1").inner_text())
+    reason = first.locator(".slick-cell.l3").inner_text()
+    first.locator(".slick-cell.l3").click()
     expect_text(s, f"training.csv row {row} (line {row + 2})")
     s.page.locator(".fkd-lqa-heading", has_text=reason).wait_for()
     if reason.startswith("residual"):  # the suggestion is drawn: where the run puts it

@@ -197,7 +197,6 @@ def test_page_needs_nothing_but_its_server(browser, served, tmp_path):
     ui.wait_for_faces(s.page)
     ui.click_face(s.page, 0)
     s.page.locator("table.fkd-keypoints").wait_for()
-    s.page.locator(".pnx-dialog-close").click()
     for tab in ("Data", "Augment", "Flip audit", "Activations"):
         ui.goto_tab(s.page, tab)
     s.page.locator(".fkd-act-summary p", has_text="tiles").wait_for(timeout=ui.TIMEOUT_MS)
@@ -215,7 +214,6 @@ def test_a_session_made_by_its_websocket_uses_the_servers_stylesheets(served):
     (unused for 15 s); Bokeh then makes the session from the websocket, without the page
     template, and every stylesheet must still come from this server, not a CDN."""
     import panel.models  # noqa: F401  (Panel's Bokeh models, to read the document)
-    import panel.models.tabulator  # noqa: F401
     from bokeh.client import pull_session
     from bokeh.models import ImportedStyleSheet
 

@@ -153,7 +153,6 @@ def test_hostile_names_and_config_strings_stay_text(session, models):
         s.page.mouse.move(box["x"] + box["width"] * k / 20, box["y"] + box["height"] * 0.4)
     s.shot("detail")
     _check_clean(s, "the detail panel")
-    s.page.locator(".pnx-dialog-close").click()
 
     ui.goto_tab(s.page, "Data")
     s.page.locator(".fkd-positions").wait_for()
