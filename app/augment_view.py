@@ -8,15 +8,19 @@ Labels are moved into the pixel-index convention first, by the same estimated of
 subtracts, so the preview is what the model is trained on.
 
 TensorFlow is imported the first time the tab is opened (:meth:`AugmentView.activate`), off
-the event loop: sessions that never look at augmentation never pay for it.
+the event loop: sessions that never look at augmentation never pay for it. Samples are made in
+a worker thread too, and kept process-wide (:func:`augmented`, arrays only): a team looking at
+the same face with the same settings pays for it once, and the event loop only draws.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 
 import numpy as np
@@ -135,7 +139,41 @@ def warm_up(store: Store) -> None:
             store.label_offset()
             augment_samples(train.images[0], np.full(2 * N_KEYPOINTS, 40.0, np.float32),
                             SAMPLE_COUNTS[1], AugmentConfig())
+        # What is loaded now (TensorFlow, the data) lives as long as the process: keep it
+        # out of the collector's full passes, which Panel starts after sessions close and
+        # which otherwise stop every session's event loop for a large fraction of a second.
+        gc.collect()
+        gc.freeze()
         _WARM.add(id(store))
+
+
+#: Samples made for any session: (store id, row, n, settings, seed) → (images, keypoints, ms).
+_SAMPLES: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, float]] = OrderedDict()
+_SAMPLES_LOCK = threading.Lock()
+SAMPLES_KEPT = 256  # 8 samples of a 96×96 face are 74 kB: at most ~20 MB
+
+
+def augmented(key: tuple, image: np.ndarray, keypoints: np.ndarray, config,
+              compute: bool = True) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """``augment_samples`` for ``key`` = (store id, row, n, settings items, seed), from the
+    process-wide cache or made now (None when not cached and ``compute`` is false)."""
+    with _SAMPLES_LOCK:
+        found = _SAMPLES.get(key)
+        if found is not None:
+            _SAMPLES.move_to_end(key)
+            return found
+    if not compute:
+        return None
+    from fkd_core.augment import augment_samples
+
+    t0 = time.perf_counter()
+    images, kps = augment_samples(image, keypoints, key[2], config, key[4])
+    made = images, kps, 1000 * (time.perf_counter() - t0)
+    with _SAMPLES_LOCK:
+        _SAMPLES[key] = made
+        while len(_SAMPLES) > SAMPLES_KEPT:
+            _SAMPLES.popitem(last=False)
+    return made
 
 
 def is_warm(store: Store) -> bool:
@@ -172,6 +210,7 @@ class AugmentView(pn.viewable.Viewer):
         self.settings = None
         self.last_draw_ms = float("nan")
         self.samples: tuple[np.ndarray, np.ndarray] | None = None  # the last drawn (images, kp)
+        self._wanted: tuple | None = None  # the samples last asked for (only they are drawn)
         train = store.train
         if train is not None and len(train):
             complete = np.flatnonzero(train.complete)
@@ -376,11 +415,10 @@ class AugmentView(pn.viewable.Viewer):
         return train.images[pos], keypoints
 
     def redraw(self, new_seed: bool = False) -> None:
-        """Augment the face and replace the samples' and the flip panel's source data."""
+        """Augment the face (in a worker, unless these samples were made already) and replace
+        the samples' and the flip panel's source data; only the latest request is drawn."""
         if not self._ready:
             return
-        from fkd_core.augment import augment_samples, flip_pair
-
         if new_seed:
             with self._batch():
                 self._new_seed()
@@ -391,9 +429,21 @@ class AugmentView(pn.viewable.Viewer):
             self._say(str(exc), "danger")
             return
         self._say("")
-        t0 = time.perf_counter()
-        images, kps = augment_samples(image, keypoints, self.n_samples, config, self.seed)
-        self.last_draw_ms = 1000 * (time.perf_counter() - t0)
+        key = (id(self.store), self.row, self.n_samples,
+               tuple(sorted(config.to_dict().items())), self.seed)
+        self._wanted = key
+        if augmented(key, image, keypoints, config, compute=False) is not None:
+            self._draw(key, image, keypoints, config)
+            return
+        compute_then_update(lambda: augmented(key, image, keypoints, config),
+                            lambda: self._draw(key, image, keypoints, config))
+
+    def _draw(self, key: tuple, image, keypoints, config) -> None:
+        from fkd_core.augment import flip_pair
+
+        if key != self._wanted:  # the user asked for something else meanwhile
+            return
+        images, kps, self.last_draw_ms = augmented(key, image, keypoints, config)
         self.samples = images, kps
         n = len(images)
         labelled = int(np.isfinite(as_points(keypoints)).all(axis=1).sum())

@@ -7,10 +7,12 @@ the user there) — except the two tabs people go to first, Faces and Augment (:
 which are built once the page has painted, one per event-loop turn so other sessions' work
 interleaves, and reach the browser while the user reads the leaderboard: switching to them is
 then a browser-side switch (about 70 ms instead of a second, measured with one session).
-Prefetching gives way to everything else: it waits while any session's page is still
-opening (:data:`_OPENING`), and the process builds one prefetched tab at a time
-(:data:`_IN_FLIGHT`), so a burst of new users is not slowed down by the tabs of those who came
-a moment earlier, and a user's click never waits behind more than one prefetched build.
+Prefetching gives way to opening pages (:data:`_OPENING`), and the process builds one
+prefetched tab at a time (:data:`_IN_FLIGHT`), so a burst of new users is not slowed down by
+the tabs of those who came a moment earlier, and a user's click never waits behind more than
+one prefetched build. The first prefetched tab (Faces, the one clicked next) does not wait
+for opening pages: with users arriving all the time some page is always opening, and waiting
+for none would mean it came too late; the second (Augment) waits for every opening page.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ PREFETCH_STALE_S = 2.0
 
 
 def _others_opening(session_id: str) -> bool:
+    """Whether another session's page is still opening."""
     now = time.monotonic()
     for sid, since in list(_OPENING.items()):
         if now - since > OPENING_AT_MOST_S:
@@ -110,13 +113,14 @@ class Dashboard(pn.viewable.Viewer):
         self._prefetch()
 
     def _prefetch(self) -> None:
-        """Build the next :data:`PREFETCH` tab, once nothing else is opening or prefetching."""
+        """Build the next :data:`PREFETCH` tab once no other prefetch is in flight and the
+        pages it gives way to have opened."""
         todo = [name for name in PREFETCH if name not in self._views]
         if not todo:
             return
         now = time.monotonic()
-        if (_IN_FLIGHT and now - _IN_FLIGHT[0] < PREFETCH_STALE_S) or _others_opening(
-                self._sid):
+        if (_IN_FLIGHT and now - _IN_FLIGHT[0] < PREFETCH_STALE_S) or (
+                todo[0] != PREFETCH[0] and _others_opening(self._sid)):
             self._doc.add_timeout_callback(self._prefetch, PREFETCH_RETRY_MS)
             return
         _IN_FLIGHT[:] = [now]

@@ -53,6 +53,7 @@ class FaceGrid(pn.viewable.Viewer):
         self._page_positions = np.zeros(0, int)
         self._pending: set[str] = set()
         self._quiet = False
+        self._applied: tuple | None = None  # the choices last shown
         self.canvas = FaceCanvas(tap=True, css_class="fkd-grid-faces")
         self.canvas.cells.selected.on_change("indices", self._on_tap)
         self.detail = FaceDetail()
@@ -115,7 +116,7 @@ class FaceGrid(pn.viewable.Viewer):
                 self.run = ids[0] if ids else None
             if self.compare not in self.param.compare.objects:
                 self.compare = NO_COMPARE
-        self._choices_changed()
+        self._apply_choices()  # now, not queued: a new grid shows its first page in its build
 
     def focus(self, run_id: str, keypoint: str | None = None) -> None:
         """Show one run's validation faces sorted by one keypoint's error (heatmap click), or
@@ -130,7 +131,7 @@ class FaceGrid(pn.viewable.Viewer):
             self.param.subset.objects = subsets
             if "validation" in subsets:
                 self.subset = "validation"
-        self._choices_changed()
+        self._apply_choices()
 
     @contextmanager
     def _batch(self):
@@ -152,6 +153,15 @@ class FaceGrid(pn.viewable.Viewer):
     @param.depends("run", "compare", "subset", "sort", "keypoint", "seed", watch=True)
     @in_document
     def _choices_changed(self) -> None:
+        # the choices a build or focus() set were shown by it already: no second page
+        if self._choices() != self._applied:
+            self._apply_choices()
+
+    def _choices(self) -> tuple:
+        return self.run, self.compare, self.subset, self.sort, self.keypoint, self.seed
+
+    def _apply_choices(self) -> None:
+        """Show the current choices (callers hold the session's document)."""
         if self._quiet:
             return
         subsets = self._subsets()
@@ -162,6 +172,7 @@ class FaceGrid(pn.viewable.Viewer):
                     self.subset = subsets[0]
         self._keypoint_select.visible = self.sort == SORTS[1]
         self._shuffle.visible = self.sort == "random"
+        self._applied = self._choices()
         self._recompute()
 
     def _say(self, text: str, kind: str = "info") -> None:
