@@ -431,6 +431,8 @@ class AugmentView(pn.viewable.Viewer):
         self._say("")
         key = (id(self.store), self.row, self.n_samples,
                tuple(sorted(config.to_dict().items())), self.seed)
+        if key == self._wanted:  # asked for again (a row set to the row shown): drawn already
+            return
         self._wanted = key
         if augmented(key, image, keypoints, config, compute=False) is not None:
             self._draw(key, image, keypoints, config)

@@ -3,16 +3,20 @@ audit, activation maps, label QA and keypoints on photos.
 
 A new session builds only the header and the leaderboard, so the first paint costs one light
 view. Every other tab's view is built the first time that tab is shown (or another view sends
-the user there) — except the two tabs people go to first, Faces and Augment (:data:`PREFETCH`),
-which are built once the page has painted, one per event-loop turn so other sessions' work
-interleaves, and reach the browser while the user reads the leaderboard: switching to them is
-then a browser-side switch (about 70 ms instead of a second, measured with one session).
-Prefetching gives way to opening pages (:data:`_OPENING`), and the process builds one
-prefetched tab at a time (:data:`_IN_FLIGHT`), so a burst of new users is not slowed down by
-the tabs of those who came a moment earlier, and a user's click never waits behind more than
-one prefetched build. The first prefetched tab (Faces, the one clicked next) does not wait
-for opening pages: with users arriving all the time some page is always opening, and waiting
-for none would mean it came too late; the second (Augment) waits for every opening page.
+the user there) — except two that are built a moment before the user is likely to go there:
+
+- Faces, once the page has painted (the tab people go to first): it reaches the browser while
+  the user reads the leaderboard, and switching to it is a browser-side switch (tens of
+  milliseconds instead of a second);
+- Augment, half a second after a face's detail is first shown (its "open this face in
+  augmentation QA" is the next step; the detail paints first), already on that face. Built
+  right after the page painted, as before, its build (about 0.3 s of the event loop) and its
+  widgets' reaching the browser held up other users' and this user's next page by up to two
+  seconds (`bench_load.py`, five sessions).
+
+A prefetched tab is built in its own turn of the event loop, and the process builds one at a
+time (:data:`_IN_FLIGHT`): a burst of new users interleaves with the builds, and a user's
+click never waits behind more than one of them.
 """
 
 from __future__ import annotations
@@ -37,29 +41,14 @@ from app.untrusted import html_text, markdown_text
 
 TABS = ("Leaderboard", "Faces", "Data", "Augment", "Flip audit", "Activations", "Label QA",
         "Photos", "Experiments")
-#: Tabs built as soon as the page has painted rather than when first shown.
-PREFETCH = ("Faces", "Augment")
-#: Sessions of this process whose page is still opening: session id → when it was built
-#: (only touched on the server's event loop).
-_OPENING: dict[str, float] = {}
-#: A page that has not finished opening after this long (its tab was closed, say) no longer
-#: holds back other sessions' prefetching.
-OPENING_AT_MOST_S = 20.0
 #: How often a session waiting to prefetch looks again.
 PREFETCH_RETRY_MS = 250
+#: How long after a face's detail is shown its Augment tab is prefetched.
+AUGMENT_AFTER_DETAIL_MS = 500
 #: When the one prefetched build in flight was queued (empty: none); one queued longer ago
 #: than PREFETCH_STALE_S (its session closed first) no longer blocks the others.
 _IN_FLIGHT: list[float] = []
 PREFETCH_STALE_S = 2.0
-
-
-def _others_opening(session_id: str) -> bool:
-    """Whether another session's page is still opening."""
-    now = time.monotonic()
-    for sid, since in list(_OPENING.items()):
-        if now - since > OPENING_AT_MOST_S:
-            _OPENING.pop(sid, None)
-    return any(sid != session_id for sid in _OPENING)
 
 
 class Dashboard(pn.viewable.Viewer):
@@ -70,7 +59,8 @@ class Dashboard(pn.viewable.Viewer):
         super().__init__(**params)
         self.store = store
         self._makers: dict[str, Callable[[], pn.viewable.Viewer]] = {
-            "Faces": lambda: FaceGrid(store, on_open_row=self._open_in_augment),
+            "Faces": lambda: FaceGrid(store, on_open_row=self._open_in_augment,
+                                      on_detail=self._detail_shown),
             "Data": lambda: DataView(store),
             "Augment": lambda: AugmentView(store),
             "Flip audit": lambda: FlipAuditView(store, on_open=self._open_in_augment,
@@ -103,39 +93,38 @@ class Dashboard(pn.viewable.Viewer):
         self._layout = pn.Column(header, banner, self.tabs, sizing_mode="stretch_width")
         self._doc = session_doc()
         if self._doc is not None:
-            self._sid = self._doc.session_context.id
-            _OPENING[self._sid] = time.monotonic()
-            pn.state.onload(self._loaded)
-            pn.state.on_session_destroyed(lambda _ctx, sid=self._sid: _OPENING.pop(sid, None))
+            pn.state.onload(lambda: self._prefetch("Faces"))
 
-    def _loaded(self) -> None:
-        _OPENING.pop(self._sid, None)
-        self._prefetch()
-
-    def _prefetch(self) -> None:
-        """Build the next :data:`PREFETCH` tab once no other prefetch is in flight and the
-        pages it gives way to have opened."""
-        todo = [name for name in PREFETCH if name not in self._views]
-        if not todo:
+    def _prefetch(self, name: str, row: int | None = None) -> None:
+        """Build tab ``name`` (on training row ``row``) ahead of need, once no other prefetch
+        is in flight; nothing when there is no server or the tab is built already."""
+        if self._doc is None or name in self._views:
             return
         now = time.monotonic()
-        if (_IN_FLIGHT and now - _IN_FLIGHT[0] < PREFETCH_STALE_S) or (
-                todo[0] != PREFETCH[0] and _others_opening(self._sid)):
-            self._doc.add_timeout_callback(self._prefetch, PREFETCH_RETRY_MS)
+        if _IN_FLIGHT and now - _IN_FLIGHT[0] < PREFETCH_STALE_S:
+            self._doc.add_timeout_callback(lambda: self._prefetch(name, row), PREFETCH_RETRY_MS)
             return
         _IN_FLIGHT[:] = [now]
-        self._build(todo[0])
+        self._build(name, row)
 
     @in_document
-    def _build(self, name: str) -> None:
-        """Build one prefetched tab (its own turn of the event loop), then the next one."""
+    def _build(self, name: str, row: int | None) -> None:
+        """Build one prefetched tab (its own turn of the event loop)."""
         try:
+            if name in self._views:
+                return
             view = self.view(name)
+            if row is not None:
+                view.show_row(row)
             if hasattr(view, "activate"):
                 view.activate()
         finally:
             _IN_FLIGHT.clear()
-        self._prefetch()
+
+    def _detail_shown(self, row: int) -> None:
+        if self._doc is not None and "Augment" not in self._views:
+            self._doc.add_timeout_callback(lambda: self._prefetch("Augment", row),
+                                           AUGMENT_AFTER_DETAIL_MS)
 
     def view(self, name: str):
         """The tab's view, built (and put into its tab) the first time it is asked for."""

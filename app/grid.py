@@ -41,10 +41,11 @@ class FaceGrid(pn.viewable.Viewer):
     page = param.Integer(default=1, bounds=(1, None))
     seed = param.Integer(default=0)
 
-    def __init__(self, store: Store, on_open_row=None, **params):
+    def __init__(self, store: Store, on_open_row=None, on_detail=None, **params):
         super().__init__(**params)
         self.store = store
         self._on_open_row = on_open_row  # (training.csv row) -> None: open it elsewhere
+        self._on_detail = on_detail  # (training.csv row) -> None: a training face was shown
         self._detail_row: int | None = None
         self._order = np.zeros(0, int)
         self._rows = np.zeros(0, int)
@@ -386,6 +387,8 @@ class FaceGrid(pn.viewable.Viewer):
         self._detail_row = None if self.subset == "test" else row
         self._to_augment.visible = self._on_open_row is not None and self._detail_row is not None
         self.detail.show(image, truth, preds, heading)
+        if self._on_detail is not None and self._detail_row is not None:
+            self._on_detail(self._detail_row)
 
     def _open_row_elsewhere(self) -> None:
         if self._on_open_row is not None and self._detail_row is not None:

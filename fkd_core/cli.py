@@ -190,7 +190,7 @@ TRAIN_OPTION_NAMES = ("data", "arch", "head", "width", "depth", "dropout", "head
                       "batch_size", "lr", "schedule", "patience", "augment", "aug",
                       "val_fraction", "holdout_fraction", "seed", "max_minutes",
                       "steps_per_epoch", "models", "run_id", "corrections", "source_offset",
-                      "strategy", "precision")
+                      "strategy", "precision", "ema")
 
 
 def _given_options(ctx: typer.Context, names) -> dict:
@@ -263,6 +263,8 @@ def train_cmd(
         "batch is batch size x replicas and --lr is scaled by the replicas too."),
     precision: str = typer.Option("float32", "--precision", help="float32, or mixed "
                                   "(float16 compute; needs a GPU)."),
+    ema: float = typer.Option(None, "--ema", help="Evaluate and save an exponential moving "
+                              "average of the weights with this momentum (e.g. 0.999)."),
     sweep_tag: str = typer.Option(None, "--sweep-tag", hidden=True,
                                   help="JSON {id, values} of the sweep trial this run is."),
 ):

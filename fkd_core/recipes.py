@@ -59,6 +59,7 @@ OPTIONS: dict[str, tuple] = {
     "source_offset": (str,),
     "strategy": (str,),
     "precision": (str,),
+    "ema": _NUMBER,
 }
 #: Options holding a path, resolved against the recipe's folder.
 PATH_OPTIONS = ("data", "models", "corrections")
@@ -187,7 +188,7 @@ DEFAULTS = {
     "patience": 10, "augment": "default", "aug": {}, "val_fraction": 0.1,
     "holdout_fraction": 0.0, "seed": 0, "max_minutes": None, "steps_per_epoch": None,
     "data": None, "models": None, "run_id": None, "corrections": None,
-    "source_offset": "off", "strategy": "auto", "precision": "float32",
+    "source_offset": "off", "strategy": "auto", "precision": "float32", "ema": None,
 }
 assert set(DEFAULTS) == set(OPTIONS)
 
@@ -213,6 +214,7 @@ def train_config(options: dict):
             max_minutes=o["max_minutes"], steps_per_epoch=o["steps_per_epoch"],
             learn_source_offset=o["source_offset"] == "learn",
             strategy=o["strategy"], precision=o["precision"],
+            ema=None if o["ema"] is None else float(o["ema"]),
         )
         create_model(config.arch, width=config.width, depth=config.depth, head=config.head,
                      dropout=config.dropout, **config.head_options)

@@ -54,6 +54,7 @@ class TrainConfig:
     learn_source_offset: bool = False  # fit the four-keypoint rows' (x, y) labelling offset
     strategy: str = "auto"  # fkd_core.distribute: batch_size is per replica, lr scaled with them
     precision: str = "float32"  # or "mixed" (float16 compute, GPU only)
+    ema: float | None = None  # momentum of the weights' moving average used for evaluation
 
     def __post_init__(self):
         from fkd_core.distribute import PRECISIONS, STRATEGIES
@@ -71,6 +72,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1")
         if self.lr <= 0:
             raise ValueError("lr must be positive")
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise ValueError(f"ema must be in (0, 1), not {self.ema}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), not {self.val_fraction}")
         if not 0.0 <= self.holdout_fraction < 1.0 - self.val_fraction:
@@ -460,8 +463,9 @@ def train(
                 )
             else:
                 lr = peak_lr
-            fit_model.compile(optimizer=keras.optimizers.Adam(lr), loss=masked_mse,
-                              metrics=[MaskedRMSEPixels()])
+            optimizer = keras.optimizers.Adam(lr) if config.ema is None else keras.optimizers.Adam(
+                lr, use_ema=True, ema_momentum=config.ema)
+            fit_model.compile(optimizer=optimizer, loss=masked_mse, metrics=[MaskedRMSEPixels()])
         if offset_layer is None:
             train_ds = make_dataset(
                 data.images[train_pos], targets[train_pos], global_batch,
@@ -487,6 +491,9 @@ def train(
                 model, offset_layer, data.images[train_pos], targets[train_pos],
                 data.four_point[train_pos]), *extra_callbacks]
         callbacks = [
+            # With EMA, validation, early stopping's best weights and the saved model are the
+            # moving average's (swapped in at each epoch's end, out again for training).
+            *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema else []),
             keras.callbacks.EarlyStopping(
                 monitor="val_rmse_px", mode="min", patience=config.patience,
                 restore_best_weights=True,

@@ -134,6 +134,36 @@ def test_evaluate_cli(base_run, demo_dir, models):
         assert name in result.output
 
 
+def test_ema_saves_the_moving_average_of_the_weights(data, tmp_path):
+    """With --ema the saved model is the weights' moving average, not the last step's. Keras
+    starts the average at the weights after the first step; at a momentum of 0.9999 the
+    saved model must still be those, while the training itself went on moving them."""
+
+    class Steps(keras.callbacks.Callback):  # the trainable weights after each step
+        first = last = None
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.last = [w.numpy().copy() for w in self.model.trainable_weights]
+            if self.first is None:
+                self.first = self.last
+
+    def distance(a, b) -> float:
+        return sum(float(np.abs(x - y).sum()) for x, y in zip(a, b))
+
+    steps = Steps()
+    config = TrainConfig(**dict(TINY, epochs=2, lr=0.01, augment={}), ema=0.9999)
+    run = runs.resolve(train(data.train, config, tmp_path, run_id="ema", verbose=0,
+                             extra_callbacks=[steps]))
+    saved = [w.numpy() for w in run.load_model().trainable_weights]
+    assert run.config["train"]["ema"] == 0.9999
+    went_on = distance(steps.last, steps.first)
+    assert went_on > 0
+    assert distance(saved, steps.first) < 0.01 * went_on, (distance(saved, steps.first), went_on)
+    assert np.isfinite(run.val_rmse)
+    with pytest.raises(ValueError, match="ema must be in"):
+        TrainConfig(**TINY, ema=1.0)
+
+
 def test_keyboard_interrupt_leaves_no_run(data, tmp_path):
     class Interrupt(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
