@@ -97,8 +97,9 @@ class Dashboard(pn.viewable.Viewer):
 
     def _prefetch(self, name: str, row: int | None = None) -> None:
         """Build tab ``name`` (on training row ``row``) ahead of need, once no other prefetch
-        is in flight; nothing when there is no server or the tab is built already."""
-        if self._doc is None or name in self._views:
+        is in flight; nothing without a server, after the session closed or when the tab is
+        built already."""
+        if self._doc is None or self._doc.session_context.destroyed or name in self._views:
             return
         now = time.monotonic()
         if _IN_FLIGHT and now - _IN_FLIGHT[0] < PREFETCH_STALE_S:
