@@ -88,10 +88,17 @@ def listeners(port: int) -> set[int]:
         if not proc.name.isdigit():
             continue
         try:
-            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
-                pids.add(int(proc.name))
+            fds = list((proc / "fd").iterdir())
         except OSError:  # gone, or not ours to read
             continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:  # closed meanwhile (a server still warming up opens and closes
+                continue  # files): not a reason to skip the process's other descriptors
+            if target in inodes:
+                pids.add(int(proc.name))
+                break
     return pids
 
 
