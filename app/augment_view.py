@@ -28,7 +28,14 @@ import panel as pn
 import param
 from bokeh.models import ColumnDataSource, HoverTool, LabelSet
 
-from app.background import WORKERS, compute_then_update, in_document, on_click
+from app.background import (
+    WORKERS,
+    compute_then_update,
+    in_document,
+    in_own_turn,
+    on_click,
+    one_recompute,
+)
 from app.faces import COLOURS, NAMES, FaceCanvas
 from app.state import Store, Unavailable, import_tensorflow
 from app.untrusted import Message, html_text
@@ -208,6 +215,7 @@ class AugmentView(pn.viewable.Viewer):
         self._ready = False
         self._quiet = False
         self.settings = None
+        self._flip: FaceCanvas | None = None
         self.last_draw_ms = float("nan")
         self.samples: tuple[np.ndarray, np.ndarray] | None = None  # the last drawn (images, kp)
         self._wanted: tuple | None = None  # the samples last asked for (only they are drawn)
@@ -246,67 +254,90 @@ class AugmentView(pn.viewable.Viewer):
         compute_then_update(lambda: warm_up(store), self._build)
 
     def _build(self) -> None:
+        """In three turns of the event loop — the samples, then the controls, then the flip
+        check — so that another session's click waits for one part of this build, never
+        for the whole of it (about 0.15 s of the loop in all)."""
+        with one_recompute():
+            self._build_samples()
+        self._ready = True
+        self._say("")
+        self.redraw()
+        in_own_turn(self._build_controls)
+
+    def _build_samples(self) -> None:
         self.settings = settings_class()()
         self.settings.param.watch(self._settings_changed, list(self._fields()))
         runs = [r.id for r in self.store.ok_runs() if r.config.get("train", {}).get("augment")]
         self.param.from_run.objects = [NO_RUN, *runs]
-        w = pn.widgets
         self._samples = FaceCanvas(scale=SAMPLE_SCALE, css_class="fkd-aug-samples")
         _hover_names(self._samples)
-        self._flip = FaceCanvas(scale=FLIP_SCALE, css_class="fkd-flip-faces")
-        self._flip.figure.name = "fkd-flip-figure"
-        _hover_names(self._flip)
-        self._names = ColumnDataSource({"x": [], "y": [], "text": [], "align": [], "dx": [],
-                                        "dy": [], "colour": []})
-        self._flip.figure.add_layout(LabelSet(
-            x="x", y="y", text="text", source=self._names, text_align="align", x_offset="dx",
-            y_offset="dy", text_font_size="9px", text_baseline="middle", text_color="black",
-            background_fill_color="colour", background_fill_alpha=0.7))
-        random_face = w.Button(label="random face", width=110, css_classes=["fkd-aug-random"])
-        on_click(random_face, self._random_face)
-        new_seed = w.Button(label="new seed", width=90, css_classes=["fkd-aug-new-seed"])
-        on_click(new_seed, self._new_seed)
-        defaults = w.Button(label="training defaults", width=140,
-                            css_classes=["fkd-aug-defaults"])
-        on_click(defaults, lambda: self.apply_settings(self._defaults(False)))
-        all_off = w.Button(label="all off", width=80, css_classes=["fkd-aug-all-off"])
-        on_click(all_off, lambda: self.apply_settings(self._defaults(True)))
         self._header = pn.pane.HTML("", css_classes=["fkd-aug-header"], margin=(0, 10))
         self._table = pn.pane.HTML("", css_classes=["fkd-aug-table"], margin=(0, 10))
         self._cli = pn.pane.HTML("", css_classes=["fkd-aug-cli"], margin=(0, 10))
-        self._flip_table = pn.pane.HTML("", css_classes=["fkd-flip-table"], margin=(0, 10))
-        self._flip_check = pn.pane.HTML("", css_classes=["fkd-flip-check"], margin=(0, 10))
-        controls = pn.Row(
-            w.IntInput.from_param(self.param.row, label="Face (training.csv row)", width=150,
-                                  css_classes=["fkd-aug-row"]),
-            random_face,
-            w.Select.from_param(self.param.n_samples, label="Samples", width=80,
-                                css_classes=["fkd-aug-n"]),
-            w.IntInput.from_param(self.param.seed, label="Seed", width=110,
-                                  css_classes=["fkd-aug-seed"]),
-            new_seed,
-            w.Checkbox.from_param(self.param.same_seed, label="same seed",
-                                  css_classes=["fkd-aug-same-seed"], align="end"),
-            w.Select.from_param(self.param.from_run, label="Settings of run", width=220,
-                                css_classes=["fkd-aug-from-run"]),
-            pn.Column(defaults, all_off, margin=0),
-        )
-        self._body.objects = [
-            controls,
-            pn.Row(
-                pn.Column(self._transform_widgets(), self._cli, width=470),
-                pn.Column(self._header, pn.pane.Bokeh(self._samples.figure), self._table),
-            ),
-            pn.pane.Markdown(
-                "### Flip check\nThe face and its mirror image by the training code's flip "
-                "(`flip_pair`). A flip must also swap the names: the subject's left keypoints "
-                "(warm colours) stay at the larger x in both.", margin=(0, 10)),
-            pn.Row(pn.pane.Bokeh(self._flip.figure),
-                   pn.Column(self._flip_check, self._flip_table)),
-        ]
-        self._ready = True
-        self._say("")
-        self.redraw()
+        self._settings_column = pn.Column(self._cli, width=470)
+        self._body.objects = [pn.Row(
+            self._settings_column,
+            pn.Column(self._header, pn.pane.Bokeh(self._samples.figure), self._table),
+        )]
+
+    def _build_controls(self) -> None:
+        with one_recompute():
+            w = pn.widgets
+            random_face = w.Button(label="random face", width=110,
+                                   css_classes=["fkd-aug-random"])
+            on_click(random_face, self._random_face)
+            new_seed = w.Button(label="new seed", width=90, css_classes=["fkd-aug-new-seed"])
+            on_click(new_seed, self._new_seed)
+            defaults = w.Button(label="training defaults", width=140,
+                                css_classes=["fkd-aug-defaults"])
+            on_click(defaults, lambda: self.apply_settings(self._defaults(False)))
+            all_off = w.Button(label="all off", width=80, css_classes=["fkd-aug-all-off"])
+            on_click(all_off, lambda: self.apply_settings(self._defaults(True)))
+            controls = pn.Row(
+                w.IntInput.from_param(self.param.row, label="Face (training.csv row)",
+                                      width=150, css_classes=["fkd-aug-row"]),
+                random_face,
+                w.Select.from_param(self.param.n_samples, label="Samples", width=80,
+                                    css_classes=["fkd-aug-n"]),
+                w.IntInput.from_param(self.param.seed, label="Seed", width=110,
+                                      css_classes=["fkd-aug-seed"]),
+                new_seed,
+                w.Checkbox.from_param(self.param.same_seed, label="same seed",
+                                      css_classes=["fkd-aug-same-seed"], align="end"),
+                w.Select.from_param(self.param.from_run, label="Settings of run", width=220,
+                                    css_classes=["fkd-aug-from-run"]),
+                pn.Column(defaults, all_off, margin=0),
+            )
+            self._settings_column.objects = [self._transform_widgets(), self._cli]
+            self._body.objects = [controls, *self._body.objects]
+        in_own_turn(self._build_flip)
+
+    def _build_flip(self) -> None:
+        with one_recompute():
+            self._flip = FaceCanvas(scale=FLIP_SCALE, css_class="fkd-flip-faces")
+            self._flip.figure.name = "fkd-flip-figure"
+            _hover_names(self._flip)
+            self._names = ColumnDataSource({"x": [], "y": [], "text": [], "align": [],
+                                            "dx": [], "dy": [], "colour": []})
+            self._flip.figure.add_layout(LabelSet(
+                x="x", y="y", text="text", source=self._names, text_align="align",
+                x_offset="dx", y_offset="dy", text_font_size="9px", text_baseline="middle",
+                text_color="black", background_fill_color="colour",
+                background_fill_alpha=0.7))
+            self._flip_table = pn.pane.HTML("", css_classes=["fkd-flip-table"],
+                                            margin=(0, 10))
+            self._flip_check = pn.pane.HTML("", css_classes=["fkd-flip-check"],
+                                            margin=(0, 10))
+            self._body.objects = [*self._body.objects, pn.pane.HTML(
+                "<h3>Flip check</h3>The face and its mirror image by the training code's flip "
+                "(<code>flip_pair</code>). A flip must also swap the names: the subject's left "
+                "keypoints (warm colours) stay at the larger x in both.", margin=(0, 10)),
+                pn.Row(pn.pane.Bokeh(self._flip.figure),
+                       pn.Column(self._flip_check, self._flip_table))]
+        try:
+            self._draw_flip(*self.face())
+        except ValueError:
+            pass  # a row that is not in the file: the message says so already
 
     def _fields(self) -> list[str]:
         return [name for name in self.settings.param if name != "name"]
@@ -325,9 +356,10 @@ class AugmentView(pn.viewable.Viewer):
         for label, prob, strengths in transform_groups():
             for name in (prob, *strengths)[:2]:
                 caption = f"{label} probability" if name == prob else name
+                # No tooltip (two more models per box): the CLI line below names each flag.
                 cells.append(pn.widgets.FloatInput.from_param(
                     self.settings.param[name], name=caption, width=150, start=0.0,
-                    css_classes=[f"fkd-aug-{name}"], margin=(0, 10)))
+                    description=None, css_classes=[f"fkd-aug-{name}"], margin=(0, 10)))
             if not strengths:
                 cells.append(pn.Spacer(width=150))
         return pn.GridBox(*cells, ncols=2, margin=0)
@@ -441,8 +473,6 @@ class AugmentView(pn.viewable.Viewer):
                             lambda: self._draw(key, image, keypoints, config))
 
     def _draw(self, key: tuple, image, keypoints, config) -> None:
-        from fkd_core.augment import flip_pair
-
         if key != self._wanted:  # the user asked for something else meanwhile
             return
         images, kps, self.last_draw_ms = augmented(key, image, keypoints, config)
@@ -462,10 +492,14 @@ class AugmentView(pn.viewable.Viewer):
                if offset else ""))
         self._table.object = _samples_table(kps)
         self._cli.object = f"<p>Same as <code>{html_text(cli_flags(config.to_dict()))}</code></p>"
-        flipped_image, flipped_kp = flip_pair(image, keypoints)
-        self._show_flip(image, keypoints, flipped_image, flipped_kp)
+        self._draw_flip(image, keypoints)
 
-    def _show_flip(self, image, keypoints, flipped_image, flipped_kp) -> None:
+    def _draw_flip(self, image, keypoints) -> None:
+        from fkd_core.augment import flip_pair
+
+        if self._flip is None:  # built in the next turn, which draws it
+            return
+        flipped_image, flipped_kp = flip_pair(image, keypoints)
         both = np.stack([keypoints, flipped_kp])
         self._flip.resize(2, 2)
         self._flip.show(np.stack([image, flipped_image]), None, both,

@@ -28,7 +28,7 @@ import panel as pn
 
 from app.activations_view import ActivationsView
 from app.augment_view import AugmentView
-from app.background import in_document, session_doc
+from app.background import in_document, one_recompute, session_doc
 from app.data_view import DataView
 from app.experiments_view import ExperimentsView
 from app.flip_audit_view import FlipAuditView
@@ -130,8 +130,9 @@ class Dashboard(pn.viewable.Viewer):
     def view(self, name: str):
         """The tab's view, built (and put into its tab) the first time it is asked for."""
         if name not in self._views:
-            view = self._views[name] = self._makers[name]()
-            self._slots[name].objects = [view]
+            with one_recompute():
+                view = self._views[name] = self._makers[name]()
+                self._slots[name].objects = [view]
         return self._views[name]
 
     @property

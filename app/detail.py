@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import panel as pn
-import param
-from bokeh.models import ColumnDataSource, HoverTool
+from bokeh.models import ColumnDataSource, HoverTool, Scatter, Segment
 
 from app.faces import COLOURS, NAMES, face_figure, in_frame
 from app.untrusted import html_text
@@ -19,19 +18,18 @@ HINT = "<p>Click a face to see it here, large, with every keypoint's error.</p>"
 class FaceDetail(pn.viewable.Viewer):
     """A large face (runs A and B as filled circles and triangles) above a 15-row table."""
 
-    title = param.String(default="")
-
     def __init__(self, **params):
         super().__init__(**params)
         self._image = ColumnDataSource({"image": [], "x": [], "y": [], "dw": [], "dh": []})
         self._points = ColumnDataSource(_empty_points())
         self._segments = ColumnDataSource({"x0": [], "y0": [], "x1": [], "y1": [], "colour": []})
         fig = face_figure(self._image, SCALE, "fkd-detail-face")
-        fig.segment("x0", "y0", "x1", "y1", source=self._segments, line_color="colour",
-                    line_width=2, line_alpha=0.85)
-        points = fig.scatter("x", "y", source=self._points, marker="marker", size="size",
-                             fill_color="fill", fill_alpha="fill_alpha", line_color="colour",
-                             line_width=2)
+        fig.add_glyph(self._segments, Segment(x0="x0", y0="y0", x1="x1", y1="y1",
+                                              line_color="colour", line_width=2,
+                                              line_alpha=0.85))
+        points = fig.add_glyph(self._points, Scatter(
+            x="x", y="y", marker="marker", size="size", fill_color="fill",
+            fill_alpha="fill_alpha", line_color="colour", line_width=2))
         fig.add_tools(HoverTool(renderers=[points], tooltips=[
             ("keypoint", "@name"), ("", "@what"), ("x, y", "@x{0.0}, @y{0.0}"),
         ]))

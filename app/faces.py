@@ -11,8 +11,12 @@ import numpy as np
 from bokeh.models import (
     ColumnDataSource,
     HTMLLabelSet,
+    Image,
     LinearColorMapper,
+    Quad,
     Range1d,
+    Scatter,
+    Segment,
     TapTool,
 )
 from bokeh.palettes import Greys256
@@ -44,8 +48,8 @@ def face_figure(source: ColumnDataSource, scale: float, css_class: str):
         toolbar_location=None, tools="", min_border=0, outline_line_color=None,
         css_classes=[css_class], x_axis_type=None, y_axis_type=None,
     )
-    fig.image("image", x="x", y="y", dw="dw", dh="dh", source=source,
-              color_mapper=grey_mapper())
+    fig.add_glyph(source, Image(image="image", x="x", y="y", dw="dw", dh="dh",
+                                color_mapper=grey_mapper()))
     return fig
 
 
@@ -67,18 +71,19 @@ class FaceCanvas:
             background_fill_color="#f4f4f4", border_fill_color=None,
             x_axis_type=None, y_axis_type=None,
         )
-        fig.image("image", x="x", y="y", dw="dw", dh="dh", source=self.images,
-                  color_mapper=grey_mapper())
-        fig.segment("x0", "y0", "x1", "y1", source=self.segments, line_color="colour",
-                    line_width=1.2, line_alpha=0.85)
-        fig.scatter("x", "y", source=self.truth, size=7 * scale, fill_alpha=0,
-                    line_color="colour", line_width=1.6)
-        fig.scatter("x", "y", source=self.pred, size=4.5 * scale, fill_color="colour",
-                    line_color="black", line_width=0.5)
-        cells = fig.quad(left="left", right="right", top="top", bottom="bottom",
-                         source=self.cells, fill_alpha=0, line_alpha=0,
-                         selection_fill_alpha=0, selection_line_alpha=0,
-                         nonselection_fill_alpha=0, nonselection_line_alpha=0)
+        # add_glyph, not fig.scatter & co.: those add selection, non-selection and muted
+        # copies of every glyph, models a session's server builds and sends for nothing.
+        fig.add_glyph(self.images, Image(image="image", x="x", y="y", dw="dw", dh="dh",
+                                         color_mapper=grey_mapper()))
+        fig.add_glyph(self.segments, Segment(x0="x0", y0="y0", x1="x1", y1="y1",
+                                             line_color="colour", line_width=1.2,
+                                             line_alpha=0.85))
+        fig.add_glyph(self.truth, Scatter(x="x", y="y", size=7 * scale, fill_alpha=0,
+                                          line_color="colour", line_width=1.6))
+        fig.add_glyph(self.pred, Scatter(x="x", y="y", size=4.5 * scale, fill_color="colour",
+                                         line_color="black", line_width=0.5))
+        cells = fig.add_glyph(self.cells, Quad(left="left", right="right", top="top",
+                                               bottom="bottom", fill_alpha=0, line_alpha=0))
         if tap:
             tool = TapTool(renderers=[cells])
             fig.add_tools(tool)
