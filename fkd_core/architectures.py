@@ -285,12 +285,19 @@ class SoftArgmax(layers.Layer):
     learnable by default (kept as its log so it stays positive): one scalar lets the model
     sharpen every map at once early in training instead of growing all logits.
     ``learn_temperature=False`` fixes it.
+
+    ``spread_weight`` > 0 adds, in training, that weight times each map's variance around
+    its mean (normalised units²) to the loss: with a Gaussian-like target t, the expected
+    squared distance E‖c − t‖² of the map's mass is the coordinate loss ‖μ − t‖² plus this
+    variance, so the term keeps maps peaked without needing the targets (a diffuse map's
+    mean is pulled toward the image centre).
     """
 
-    def __init__(self, temperature=1.0, learn_temperature=True, **kwargs):
+    def __init__(self, temperature=1.0, learn_temperature=True, spread_weight=0.0, **kwargs):
         super().__init__(**kwargs)
         self.temperature = float(temperature)
         self.learn_temperature = bool(learn_temperature)
+        self.spread_weight = float(spread_weight)
 
     def build(self, input_shape):
         _, height, width, _ = input_shape
@@ -303,13 +310,18 @@ class SoftArgmax(layers.Layer):
         self._x_centres = _cell_centres(width)
         self._y_centres = _cell_centres(height)
 
-    def call(self, logits):
+    def call(self, logits, training=None):
         _, height, width, channels = logits.shape
         scaled = logits * ops.exp(self.log_inverse_temperature)
         flat = ops.reshape(ops.transpose(scaled, (0, 3, 1, 2)), (-1, channels, height * width))
         prob = ops.reshape(ops.softmax(flat, axis=-1), (-1, channels, height, width))
-        x = ops.sum(ops.sum(prob, axis=2) * self._x_centres, axis=-1)
-        y = ops.sum(ops.sum(prob, axis=3) * self._y_centres, axis=-1)
+        px, py = ops.sum(prob, axis=2), ops.sum(prob, axis=3)
+        x = ops.sum(px * self._x_centres, axis=-1)
+        y = ops.sum(py * self._y_centres, axis=-1)
+        if training and self.spread_weight > 0:
+            variance = (ops.sum(px * ops.square(self._x_centres - x[..., None]), axis=-1)
+                        + ops.sum(py * ops.square(self._y_centres - y[..., None]), axis=-1))
+            self.add_loss(self.spread_weight * ops.mean(variance))
         return ops.reshape(ops.stack([x, y], axis=-1), (-1, 2 * channels))
 
     def compute_output_shape(self, input_shape):
@@ -320,6 +332,7 @@ class SoftArgmax(layers.Layer):
             **super().get_config(),
             "temperature": self.temperature,
             "learn_temperature": self.learn_temperature,
+            "spread_weight": self.spread_weight,
         }
 
 
@@ -345,6 +358,7 @@ def _heatmap_head(
     decoder_filters=64,
     temperature=1.0,
     learn_temperature=True,
+    spread_weight=0.0,
 ):
     """Upsample the coarsest map to the grid, concatenating same-size backbone maps on the way.
 
@@ -374,13 +388,15 @@ def _heatmap_head(
     if level == 0:
         x = _conv_bn(x, _ch(decoder_filters, width), 3, "decoder1_conv")
     x = layers.Conv2D(N_KEYPOINTS, 1, name="heatmap_logits")(x)
-    return SoftArgmax(temperature, learn_temperature, name="keypoints", dtype="float32")(x)
+    return SoftArgmax(temperature, learn_temperature, spread_weight, name="keypoints",
+                      dtype="float32")(x)
 
 
 _HEADS = {"regression": _regression_head, "heatmap": _heatmap_head}
 _HEAD_OPTIONS = {
     "regression": ("hidden", "pooling"),
-    "heatmap": ("grid_size", "decoder_filters", "temperature", "learn_temperature"),
+    "heatmap": ("grid_size", "decoder_filters", "temperature", "learn_temperature",
+                "spread_weight"),
 }
 
 
@@ -402,7 +418,8 @@ def create_model(
     Head options: regression — ``hidden`` (units of a hidden ReLU Dense before the output,
     scaled by width; None for none; default per architecture) and ``pooling`` ("flatten" or
     "avg"); heatmap — ``grid_size`` (24: cells of 4×4 px), ``decoder_filters`` (64, scaled
-    by width), ``temperature`` (1.0) and ``learn_temperature`` (True).
+    by width), ``temperature`` (1.0), ``learn_temperature`` (True) and ``spread_weight``
+    (0: see :class:`SoftArgmax`).
     """
     if name not in ARCHITECTURES:
         raise ValueError(

@@ -210,13 +210,24 @@ def warp_batch(images, keypoints, forward, inverse, flip) -> tuple[tf.Tensor, tf
         interpolation="BILINEAR",
         fill_mode=FILL_MODE,
     )
-    pts = tf.reshape(keypoints, [-1, N_KEYPOINTS, 2])
+    sets = _keypoint_sets(keypoints)
+    pts = tf.reshape(keypoints, [-1, sets * N_KEYPOINTS, 2])
     pts = tf.einsum("bij,bkj->bki", forward[:, :, :2], pts) + forward[:, None, :, 2]
     inside = tf.reduce_all((pts >= FRAME[0]) & (pts <= FRAME[1]), axis=2, keepdims=True)
     pts = tf.where(inside, pts, tf.constant(np.nan, tf.float32))
-    kp = tf.reshape(pts, [-1, N_COORDS])
-    kp = tf.where(flip[:, None], tf.gather(kp, FLIP_COLUMN_PERMUTATION, axis=1), kp)
+    kp = tf.reshape(pts, [-1, sets * N_COORDS])
+    permutation = np.concatenate([FLIP_COLUMN_PERMUTATION + i * N_COORDS for i in range(sets)])
+    kp = tf.where(flip[:, None], tf.gather(kp, permutation, axis=1), kp)
     return images, kp
+
+
+def _keypoint_sets(keypoints: tf.Tensor) -> int:
+    """How many sets of 30 columns ``keypoints`` holds side by side (training with
+    pseudo-labels carries the real labels and the pseudo-labels as two sets, moved alike)."""
+    columns = keypoints.shape[-1]
+    if columns is None or columns % N_COORDS:
+        raise ValueError(f"keypoints must have a multiple of {N_COORDS} columns, not {columns}")
+    return columns // N_COORDS
 
 
 def gaussian_blur(images: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
@@ -237,7 +248,8 @@ def gaussian_blur(images: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor
 
 
 def augment_batch(images, keypoints, seed, config: AugmentConfig) -> tuple[tf.Tensor, tf.Tensor]:
-    """Augment a batch: images (B, 96, 96, 1) in [0, 1] (or uint8), keypoints (B, 30) in pixels.
+    """Augment a batch: images (B, 96, 96, 1) in [0, 1] (or uint8), keypoints (B, 30) in pixels
+    (or (B, 30·k): k sets of keypoints of the same faces, each moved and flipped alike).
 
     Geometry (rotation, scale, shift, flip) is one affine per image, applied to pixels and
     keypoints alike; then brightness, contrast, blur and noise (noise last so blur doesn't
@@ -251,7 +263,8 @@ def augment_batch(images, keypoints, seed, config: AugmentConfig) -> tuple[tf.Te
     elif not images.dtype.is_floating:
         raise ValueError(f"images must be uint8 or floating, got {images.dtype.name}")
     images = tf.ensure_shape(tf.cast(images, tf.float32), [None, IMAGE_SIZE, IMAGE_SIZE, 1])
-    keypoints = tf.ensure_shape(tf.cast(keypoints, tf.float32), [None, N_COORDS])
+    keypoints = tf.cast(keypoints, tf.float32)
+    keypoints = tf.ensure_shape(keypoints, [None, _keypoint_sets(keypoints) * N_COORDS])
     seed = _seed_tensor(seed)
     param_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     p = _sample_params(tf.shape(images)[0], param_seed, config)

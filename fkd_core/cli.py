@@ -190,7 +190,7 @@ TRAIN_OPTION_NAMES = ("data", "arch", "head", "width", "depth", "dropout", "head
                       "batch_size", "lr", "schedule", "patience", "augment", "aug",
                       "val_fraction", "holdout_fraction", "seed", "max_minutes",
                       "steps_per_epoch", "models", "run_id", "corrections", "source_offset",
-                      "strategy", "precision", "ema")
+                      "strategy", "precision", "ema", "pseudo_labels", "pseudo_weight")
 
 
 def _given_options(ctx: typer.Context, names) -> dict:
@@ -265,6 +265,11 @@ def train_cmd(
                                   "(float16 compute; needs a GPU)."),
     ema: float = typer.Option(None, "--ema", help="Evaluate and save an exponential moving "
                               "average of the weights with this momentum (e.g. 0.999)."),
+    pseudo_labels: str = typer.Option(
+        None, "--pseudo-labels", metavar="RUN", help="Fill each training face's missing "
+        "keypoints with this run's flip-TTA predictions (never over a real label)."),
+    pseudo_weight: float = typer.Option(
+        0.5, "--pseudo-weight", help="A pseudo-label's weight in the loss (a real label's is 1)."),
     sweep_tag: str = typer.Option(None, "--sweep-tag", hidden=True,
                                   help="JSON {id, values} of the sweep trial this run is."),
 ):

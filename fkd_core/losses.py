@@ -38,6 +38,36 @@ def masked_mse(y_true, y_pred):
     return sse / ops.maximum(n, 1.0)
 
 
+def _real_and_pseudo(y_true, y_pred):
+    """Targets are the real labels (30 columns), or the real labels followed by pseudo-labels
+    (60 columns, the pseudo-labels NaN wherever the real label exists)."""
+    n = y_pred.shape[-1]
+    if y_true.shape[-1] == 2 * n:
+        return y_true[..., :n], y_true[..., n:]
+    return y_true, None
+
+
+@keras.saving.register_keras_serializable(package="fkd")
+class MaskedMSE(keras.losses.Loss):
+    """:func:`masked_mse` that also learns from pseudo-labels, each counted ``pseudo_weight``
+    times a real label: a teacher's guess is worth less than a person's mark."""
+
+    def __init__(self, pseudo_weight=1.0, name="masked_mse", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.pseudo_weight = float(pseudo_weight)
+
+    def call(self, y_true, y_pred):
+        real, pseudo = _real_and_pseudo(y_true, y_pred)
+        sse, n = _masked_squared_error(real, y_pred)
+        if pseudo is not None:
+            pseudo_sse, pseudo_n = _masked_squared_error(pseudo, y_pred)
+            sse, n = sse + self.pseudo_weight * pseudo_sse, n + self.pseudo_weight * pseudo_n
+        return sse / ops.maximum(n, 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "pseudo_weight": self.pseudo_weight}
+
+
 @keras.saving.register_keras_serializable(package="fkd")
 def masked_rmse_pixels(y_true, y_pred):
     """RMSE in pixels over one batch's labelled entries (Kaggle's score, per batch).
@@ -50,7 +80,9 @@ def masked_rmse_pixels(y_true, y_pred):
 
 @keras.saving.register_keras_serializable(package="fkd")
 class MaskedRMSEPixels(keras.metrics.Metric):
-    """Kaggle's score over everything seen: sqrt(total squared error / labelled entries) × 48."""
+    """Kaggle's score over everything seen: sqrt(total squared error / labelled entries) × 48.
+
+    Real labels only: pseudo-labels (:class:`MaskedMSE`) are not scored."""
 
     def __init__(self, name="rmse_px", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -58,7 +90,7 @@ class MaskedRMSEPixels(keras.metrics.Metric):
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        sse, n = _masked_squared_error(y_true, y_pred)
+        sse, n = _masked_squared_error(_real_and_pseudo(y_true, y_pred)[0], y_pred)
         self.sse.assign_add(ops.cast(sse, self.dtype))
         self.count.assign_add(ops.cast(n, self.dtype))
 

@@ -60,6 +60,8 @@ OPTIONS: dict[str, tuple] = {
     "strategy": (str,),
     "precision": (str,),
     "ema": _NUMBER,
+    "pseudo_labels": (str,),
+    "pseudo_weight": _NUMBER,
 }
 #: Options holding a path, resolved against the recipe's folder.
 PATH_OPTIONS = ("data", "models", "corrections")
@@ -189,6 +191,7 @@ DEFAULTS = {
     "holdout_fraction": 0.0, "seed": 0, "max_minutes": None, "steps_per_epoch": None,
     "data": None, "models": None, "run_id": None, "corrections": None,
     "source_offset": "off", "strategy": "auto", "precision": "float32", "ema": None,
+    "pseudo_labels": None, "pseudo_weight": 0.5,
 }
 assert set(DEFAULTS) == set(OPTIONS)
 
@@ -215,6 +218,7 @@ def train_config(options: dict):
             learn_source_offset=o["source_offset"] == "learn",
             strategy=o["strategy"], precision=o["precision"],
             ema=None if o["ema"] is None else float(o["ema"]),
+            pseudo_labels=o["pseudo_labels"], pseudo_weight=float(o["pseudo_weight"]),
         )
         create_model(config.arch, width=config.width, depth=config.depth, head=config.head,
                      dropout=config.dropout, **config.head_options)

@@ -55,6 +55,8 @@ class TrainConfig:
     strategy: str = "auto"  # fkd_core.distribute: batch_size is per replica, lr scaled with them
     precision: str = "float32"  # or "mixed" (float16 compute, GPU only)
     ema: float | None = None  # momentum of the weights' moving average used for evaluation
+    pseudo_labels: str | None = None  # teacher run whose flip-TTA guesses fill missing labels
+    pseudo_weight: float = 0.5  # a pseudo-label's weight in the loss (a real label's is 1)
 
     def __post_init__(self):
         from fkd_core.distribute import PRECISIONS, STRATEGIES
@@ -74,6 +76,11 @@ class TrainConfig:
             raise ValueError("lr must be positive")
         if self.ema is not None and not 0.0 < self.ema < 1.0:
             raise ValueError(f"ema must be in (0, 1), not {self.ema}")
+        if not 0.0 < self.pseudo_weight <= 1.0:
+            raise ValueError(f"pseudo_weight must be in (0, 1], not {self.pseudo_weight}")
+        if self.pseudo_labels and self.learn_source_offset:
+            raise ValueError("pseudo-labels and a learned source offset cannot be combined: "
+                             "a teacher's guess follows no labelling source")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), not {self.val_fraction}")
         if not 0.0 <= self.holdout_fraction < 1.0 - self.val_fraction:
@@ -333,6 +340,28 @@ def training_targets(data: KeypointSet, config: TrainConfig) -> tuple[np.ndarray
     return data.rows_labelling(config.keypoints), targets
 
 
+def pseudo_targets(data: KeypointSet, rows: np.ndarray, targets: np.ndarray,
+                   config: TrainConfig, models_dir) -> np.ndarray:
+    """The teacher's flip-TTA predictions for the labels ``rows`` lack, NaN wherever a real
+    label exists (a guess never overrides a person's mark) and in the columns this run does
+    not train; in the training targets' coordinates (label offset removed, as for labels).
+
+    Most Kaggle rows label 4 of the 15 keypoints, so the other 11 learn from a third of the
+    faces; a teacher's guesses let them learn, at a reduced weight, from all of them.
+    """
+    from fkd_core.runs import resolve
+
+    teacher = resolve(config.pseudo_labels, models_dir)
+    guess = teacher.predict(data.images[rows], tta=True)
+    guess[:, 0::2] -= config.label_offset or 0.0
+    trained = np.ones(targets.shape[1], bool)
+    if config.keypoints is not None:
+        trained[:] = False
+        trained[column_indices(config.keypoints)] = True
+    missing = np.isnan(targets[rows]) & trained
+    return np.where(missing, guess, np.nan).astype(np.float32)
+
+
 def split_rows(data: KeypointSet, config: TrainConfig) -> dict[str, np.ndarray]:
     """Positions of the 'train', 'val' and 'holdout' rows: one seeded, stratified split.
 
@@ -418,7 +447,7 @@ def train(
     import keras
 
     from fkd_core import distribute
-    from fkd_core.losses import MaskedRMSEPixels, masked_mse
+    from fkd_core.losses import MaskedMSE, MaskedRMSEPixels
 
     # First: a multi-worker strategy can only be made before TensorFlow runs anything.
     placement = distribute.prepare(config.strategy)
@@ -465,10 +494,15 @@ def train(
                 lr = peak_lr
             optimizer = keras.optimizers.Adam(lr) if config.ema is None else keras.optimizers.Adam(
                 lr, use_ema=True, ema_momentum=config.ema)
-            fit_model.compile(optimizer=optimizer, loss=masked_mse, metrics=[MaskedRMSEPixels()])
+            fit_model.compile(optimizer=optimizer, loss=MaskedMSE(config.pseudo_weight),
+                              metrics=[MaskedRMSEPixels()])
+        fit_targets = targets[train_pos]
+        if config.pseudo_labels:  # real labels, then the teacher's: moved alike by augmentation
+            fit_targets = np.concatenate([fit_targets, pseudo_targets(
+                data, train_pos, targets, config, models_dir)], axis=1)
         if offset_layer is None:
             train_ds = make_dataset(
-                data.images[train_pos], targets[train_pos], global_batch,
+                data.images[train_pos], fit_targets, global_batch,
                 augment=config.augment, shuffle=True, seed=config.seed,
             )
             val_ds = make_dataset(data.images[val_pos_fit], targets[val_pos_fit], 256)

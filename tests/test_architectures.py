@@ -13,7 +13,7 @@ from fkd_core.architectures import (
     list_architectures,
 )
 from fkd_core.keypoints import IMAGE_SIZE
-from fkd_core.losses import MaskedRMSEPixels, masked_mse, masked_rmse_pixels
+from fkd_core.losses import MaskedMSE, MaskedRMSEPixels, masked_mse, masked_rmse_pixels
 from fkd_core.targets import denormalise_keypoints, normalise_keypoints
 
 TINY = 0.125
@@ -145,6 +145,26 @@ def test_masked_mse_ignores_nan_targets():
     np.testing.assert_allclose(grad[labelled], 2 * diff / n, rtol=1e-6)
 
 
+def test_pseudo_labels_count_at_their_weight_and_are_not_scored():
+    """(real, pseudo) targets: squared errors and counts of the pseudo-labels are weighted;
+    the RMSE metric reads the real labels only."""
+    pseudo = np.where(np.isnan(Y_TRUE), 0.1, np.nan).astype(np.float32)
+    y_true = np.concatenate([Y_TRUE, pseudo], axis=1)
+    real, guessed = ~np.isnan(Y_TRUE), ~np.isnan(pseudo)
+    w = 0.25
+    expected = (np.sum((Y_PRED - Y_TRUE)[real] ** 2)
+                + w * np.sum((Y_PRED - pseudo)[guessed] ** 2)) / (real.sum() + w * guessed.sum())
+    loss = MaskedMSE(w)
+    np.testing.assert_allclose(float(loss(y_true, Y_PRED)), expected, rtol=1e-6)
+    np.testing.assert_allclose(float(loss(Y_TRUE, Y_PRED)), float(masked_mse(Y_TRUE, Y_PRED)),
+                               rtol=1e-6)
+    assert keras.losses.deserialize(keras.losses.serialize(loss)).pseudo_weight == w
+    metric = MaskedRMSEPixels()
+    metric.update_state(y_true, Y_PRED)
+    np.testing.assert_allclose(float(metric.result()),
+                               float(masked_rmse_pixels(Y_TRUE, Y_PRED)), rtol=1e-6)
+
+
 def test_masked_mse_of_an_unlabelled_batch_is_zero():
     loss, grad = _loss_and_grad(np.full_like(Y_TRUE, np.nan), Y_PRED)
     assert loss == 0.0
@@ -180,6 +200,23 @@ def test_soft_argmax_of_a_flat_heatmap_is_the_image_centre():
     xy = denormalise_keypoints(SoftArgmax()(np.zeros((2, 24, 24, 15), np.float32)).numpy())
     assert xy.shape == (2, 30)
     np.testing.assert_allclose(xy, 47.5, atol=1e-4)
+
+
+def test_spread_term_is_the_maps_variance_in_training_only():
+    """Two cells of equal mass 8 px apart along x: the variance is (4 px / 48)² in x and 0 in
+    y, so the added loss is weight × that; inference adds nothing."""
+    logits = np.full((1, 24, 24, 1), -1e4, np.float32)
+    logits[0, 10, [5, 7], 0] = 0.0
+    layer = SoftArgmax(spread_weight=0.5)
+    layer(logits, training=True)
+    assert len(layer.losses) == 1
+    np.testing.assert_allclose(float(layer.losses[0]), 0.5 * (4 / 48) ** 2, rtol=1e-4)
+    layer = SoftArgmax(spread_weight=0.5)
+    layer(logits, training=False)
+    assert layer.losses == []
+    model = create_model("resnet", head="heatmap", depth=2, spread_weight=0.25)
+    restored = keras.Model.from_config(model.get_config())
+    assert restored.get_layer("keypoints").spread_weight == 0.25
 
 
 def test_target_scaling_round_trips_and_keeps_nan():

@@ -127,6 +127,26 @@ def test_flip_in_a_batch_only_permutes_flipped_rows():
     np.testing.assert_array_equal(out[flipped], K.flip_images(images[flipped]))
 
 
+def test_a_second_set_of_keypoints_moves_and_flips_with_the_first():
+    """Training with pseudo-labels augments (real labels, pseudo-labels) side by side: each
+    set must come out exactly as it would alone under the same seed."""
+    images, kps = batch_of(blob_image(BLOB_KP), BLOB_KP, 16)
+    other = kps[:, ::-1] * 0.5 + 20.0  # another set of points, other left/right pairs
+    other[3, 4:8] = np.nan
+    cfg = AugmentConfig()
+    out, both = (t.numpy() for t in augment_batch(images, np.concatenate([kps, other], 1),
+                                                  [4, 2], cfg))
+    alone_img, alone = (t.numpy() for t in augment_batch(images, kps, [4, 2], cfg))
+    other_alone = augment_batch(images, other, [4, 2], cfg)[1].numpy()
+    assert both.shape == (16, 60)
+    np.testing.assert_array_equal(out, alone_img)
+    np.testing.assert_allclose(both[:, :30], alone, atol=1e-5)
+    np.testing.assert_allclose(both[:, 30:], other_alone, atol=1e-5)
+    assert np.isnan(both[3, 34:38]).all()
+    with pytest.raises(ValueError, match="multiple of 30 columns"):
+        augment_batch(images, kps[:, :20], [4, 2], cfg)
+
+
 def test_out_of_frame_keypoints_become_nan():
     kp = np.array(
         [47.5, 47.5, 1.0, 47.5, 94.0, 47.5, 47.5, 1.0, 47.5, 94.0] + [np.nan, np.nan] + [60.0] * 18,

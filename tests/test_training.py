@@ -164,6 +164,32 @@ def test_ema_saves_the_moving_average_of_the_weights(data, tmp_path):
         TrainConfig(**TINY, ema=1.0)
 
 
+def test_pseudo_labels_fill_only_missing_labels_from_the_teacher(base_run, data, models):
+    """The student's extra targets are the teacher's flip-TTA predictions exactly where a
+    training face lacks a label, and the run records its teacher and weight."""
+    from fkd_core.training import pseudo_targets, split_rows, training_targets
+
+    config = TrainConfig(**TINY, augment={}, pseudo_labels="base", pseudo_weight=0.3,
+                         label_offset=0.0)
+    rows = split_rows(data.train, config)["train"]
+    _, targets = training_targets(data.train, config)
+    guess = pseudo_targets(data.train, rows, targets, config, models)
+    missing = np.isnan(targets[rows])
+    assert missing.any() and (~missing).any()
+    assert np.isnan(guess[~missing]).all()
+    np.testing.assert_allclose(guess[missing], base_run.predict(
+        data.train.images[rows], tta=True)[missing], atol=1e-4)
+    run = runs.resolve(train(data.train, config, models, run_id="student", verbose=0))
+    assert run.config["train"]["pseudo_labels"] == "base"
+    assert run.config["train"]["pseudo_weight"] == 0.3
+    assert np.isfinite(run.val_rmse)
+    with pytest.raises(ValueError, match="pseudo_weight must be in"):
+        TrainConfig(**TINY, pseudo_weight=0.0)
+    with pytest.raises(runs.RunError):
+        train(data.train, TrainConfig(**TINY, pseudo_labels="no-such-run"), models,
+              run_id="orphan", verbose=0)
+
+
 def test_keyboard_interrupt_leaves_no_run(data, tmp_path):
     class Interrupt(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
