@@ -323,6 +323,15 @@ def build_model(config: TrainConfig):
     )
 
 
+def trained_columns(config: TrainConfig) -> np.ndarray:
+    """Which of the 30 target columns this run learns: all, or a specialist's keypoints."""
+    trained = np.ones(len(COLUMN_NAMES), bool)
+    if config.keypoints is not None:
+        trained[:] = False
+        trained[column_indices(config.keypoints)] = True
+    return trained
+
+
 def training_targets(data: KeypointSet, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """(row positions to train on, targets) — a specialist sees only its keypoints' columns.
 
@@ -333,10 +342,7 @@ def training_targets(data: KeypointSet, config: TrainConfig) -> tuple[np.ndarray
     targets[:, 0::2] -= config.label_offset or 0.0  # models learn pixel-index coordinates
     if config.keypoints is None:
         return np.arange(len(data)), targets
-    keep = column_indices(config.keypoints)
-    mask = np.ones(targets.shape[1], bool)
-    mask[keep] = False
-    targets[:, mask] = np.nan
+    targets[:, ~trained_columns(config)] = np.nan
     return data.rows_labelling(config.keypoints), targets
 
 
@@ -354,11 +360,7 @@ def pseudo_targets(data: KeypointSet, rows: np.ndarray, targets: np.ndarray,
     teacher = resolve(config.pseudo_labels, models_dir)
     guess = teacher.predict(data.images[rows], tta=True)
     guess[:, 0::2] -= config.label_offset or 0.0
-    trained = np.ones(targets.shape[1], bool)
-    if config.keypoints is not None:
-        trained[:] = False
-        trained[column_indices(config.keypoints)] = True
-    missing = np.isnan(targets[rows]) & trained
+    missing = np.isnan(targets[rows]) & trained_columns(config)
     return np.where(missing, guess, np.nan).astype(np.float32)
 
 
