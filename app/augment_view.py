@@ -30,6 +30,7 @@ from bokeh.models import ColumnDataSource, HoverTool, LabelSet
 
 from app.background import (
     WORKERS,
+    build_later,
     compute_then_update,
     in_document,
     in_own_turn,
@@ -251,12 +252,12 @@ class AugmentView(pn.viewable.Viewer):
             return
         self._say("Loading the augmentation code (TensorFlow)…")
         store = self.store
-        compute_then_update(lambda: warm_up(store), self._build)
+        compute_then_update(lambda: warm_up(store), lambda: build_later(self._build))
 
     def _build(self) -> None:
-        """In three turns of the event loop — the samples, then the controls, then the flip
-        check — so that another session's click waits for one part of this build, never
-        for the whole of it (about 0.15 s of the loop in all)."""
+        """In five parts of the build lane — the samples, the controls' objects, their Bokeh
+        models, the flip check's objects, theirs — so that another session's click waits for
+        a short part of this build, never for the whole of it."""
         with one_recompute():
             self._build_samples()
         self._ready = True
@@ -281,59 +282,65 @@ class AugmentView(pn.viewable.Viewer):
         )]
 
     def _build_controls(self) -> None:
+        """The controls' objects (their Bokeh models come in the next part)."""
+        w = pn.widgets
+        random_face = w.Button(label="random face", width=110, css_classes=["fkd-aug-random"])
+        on_click(random_face, self._random_face)
+        new_seed = w.Button(label="new seed", width=90, css_classes=["fkd-aug-new-seed"])
+        on_click(new_seed, self._new_seed)
+        defaults = w.Button(label="training defaults", width=140,
+                            css_classes=["fkd-aug-defaults"])
+        on_click(defaults, lambda: self.apply_settings(self._defaults(False)))
+        all_off = w.Button(label="all off", width=80, css_classes=["fkd-aug-all-off"])
+        on_click(all_off, lambda: self.apply_settings(self._defaults(True)))
+        controls = pn.Row(
+            w.IntInput.from_param(self.param.row, label="Face (training.csv row)",
+                                  width=150, css_classes=["fkd-aug-row"]),
+            random_face,
+            w.Select.from_param(self.param.n_samples, label="Samples", width=80,
+                                css_classes=["fkd-aug-n"]),
+            w.IntInput.from_param(self.param.seed, label="Seed", width=110,
+                                  css_classes=["fkd-aug-seed"]),
+            new_seed,
+            w.Checkbox.from_param(self.param.same_seed, label="same seed",
+                                  css_classes=["fkd-aug-same-seed"], align="end"),
+            w.Select.from_param(self.param.from_run, label="Settings of run", width=220,
+                                css_classes=["fkd-aug-from-run"]),
+            pn.Column(defaults, all_off, margin=0),
+        )
+        in_own_turn(functools.partial(self._show_controls, controls, self._transform_widgets()))
+
+    def _show_controls(self, controls, transforms) -> None:
         with one_recompute():
-            w = pn.widgets
-            random_face = w.Button(label="random face", width=110,
-                                   css_classes=["fkd-aug-random"])
-            on_click(random_face, self._random_face)
-            new_seed = w.Button(label="new seed", width=90, css_classes=["fkd-aug-new-seed"])
-            on_click(new_seed, self._new_seed)
-            defaults = w.Button(label="training defaults", width=140,
-                                css_classes=["fkd-aug-defaults"])
-            on_click(defaults, lambda: self.apply_settings(self._defaults(False)))
-            all_off = w.Button(label="all off", width=80, css_classes=["fkd-aug-all-off"])
-            on_click(all_off, lambda: self.apply_settings(self._defaults(True)))
-            controls = pn.Row(
-                w.IntInput.from_param(self.param.row, label="Face (training.csv row)",
-                                      width=150, css_classes=["fkd-aug-row"]),
-                random_face,
-                w.Select.from_param(self.param.n_samples, label="Samples", width=80,
-                                    css_classes=["fkd-aug-n"]),
-                w.IntInput.from_param(self.param.seed, label="Seed", width=110,
-                                      css_classes=["fkd-aug-seed"]),
-                new_seed,
-                w.Checkbox.from_param(self.param.same_seed, label="same seed",
-                                      css_classes=["fkd-aug-same-seed"], align="end"),
-                w.Select.from_param(self.param.from_run, label="Settings of run", width=220,
-                                    css_classes=["fkd-aug-from-run"]),
-                pn.Column(defaults, all_off, margin=0),
-            )
-            self._settings_column.objects = [self._transform_widgets(), self._cli]
+            self._settings_column.objects = [transforms, self._cli]
             self._body.objects = [controls, *self._body.objects]
         in_own_turn(self._build_flip)
 
     def _build_flip(self) -> None:
+        """The flip check's objects; in the page (and drawn) in the next part."""
+        canvas = FaceCanvas(scale=FLIP_SCALE, css_class="fkd-flip-faces")
+        canvas.figure.name = "fkd-flip-figure"
+        _hover_names(canvas)
+        self._names = ColumnDataSource({"x": [], "y": [], "text": [], "align": [],
+                                        "dx": [], "dy": [], "colour": []})
+        canvas.figure.add_layout(LabelSet(
+            x="x", y="y", text="text", source=self._names, text_align="align",
+            x_offset="dx", y_offset="dy", text_font_size="9px", text_baseline="middle",
+            text_color="black", background_fill_color="colour",
+            background_fill_alpha=0.7))
+        self._flip_table = pn.pane.HTML("", css_classes=["fkd-flip-table"], margin=(0, 10))
+        self._flip_check = pn.pane.HTML("", css_classes=["fkd-flip-check"], margin=(0, 10))
+        in_own_turn(functools.partial(self._show_flip, canvas))
+
+    def _show_flip(self, canvas: FaceCanvas) -> None:
         with one_recompute():
-            self._flip = FaceCanvas(scale=FLIP_SCALE, css_class="fkd-flip-faces")
-            self._flip.figure.name = "fkd-flip-figure"
-            _hover_names(self._flip)
-            self._names = ColumnDataSource({"x": [], "y": [], "text": [], "align": [],
-                                            "dx": [], "dy": [], "colour": []})
-            self._flip.figure.add_layout(LabelSet(
-                x="x", y="y", text="text", source=self._names, text_align="align",
-                x_offset="dx", y_offset="dy", text_font_size="9px", text_baseline="middle",
-                text_color="black", background_fill_color="colour",
-                background_fill_alpha=0.7))
-            self._flip_table = pn.pane.HTML("", css_classes=["fkd-flip-table"],
-                                            margin=(0, 10))
-            self._flip_check = pn.pane.HTML("", css_classes=["fkd-flip-check"],
-                                            margin=(0, 10))
             self._body.objects = [*self._body.objects, pn.pane.HTML(
                 "<h3>Flip check</h3>The face and its mirror image by the training code's flip "
                 "(<code>flip_pair</code>). A flip must also swap the names: the subject's left "
                 "keypoints (warm colours) stay at the larger x in both.", margin=(0, 10)),
-                pn.Row(pn.pane.Bokeh(self._flip.figure),
+                pn.Row(pn.pane.Bokeh(canvas.figure),
                        pn.Column(self._flip_check, self._flip_table))]
+        self._flip = canvas
         try:
             self._draw_flip(*self.face())
         except ValueError:
@@ -433,14 +440,15 @@ class AugmentView(pn.viewable.Viewer):
 
         return AugmentConfig.from_dict({k: getattr(self.settings, k) for k in self._fields()})
 
-    def face(self) -> tuple[np.ndarray, np.ndarray]:
-        """The chosen face and its labels in the pixel-index convention (as training sees
-        them); raises ValueError for a row that is not in the file."""
+    def face(self, row: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The chosen face (or training.csv row ``row``) and its labels in the pixel-index
+        convention (as training sees them); raises ValueError for a row not in the file."""
+        row = self.row if row is None else row
         train = self.store.train
-        found = np.flatnonzero(train.row_ids == self.row)
+        found = np.flatnonzero(train.row_ids == row)
         if not len(found):
             lo, hi = int(train.row_ids.min()), int(train.row_ids.max())
-            raise ValueError(f"there is no training.csv row {self.row} (rows {lo}–{hi})")
+            raise ValueError(f"there is no training.csv row {row} (rows {lo}–{hi})")
         pos = int(found[0])
         keypoints = train.keypoints[pos].astype(np.float32)
         keypoints[0::2] -= self.store.label_offset()
@@ -461,8 +469,7 @@ class AugmentView(pn.viewable.Viewer):
             self._say(str(exc), "danger")
             return
         self._say("")
-        key = (id(self.store), self.row, self.n_samples,
-               tuple(sorted(config.to_dict().items())), self.seed)
+        key = self._key(self.row, config)
         if key == self._wanted:  # asked for again (a row set to the row shown): drawn already
             return
         self._wanted = key
@@ -471,6 +478,24 @@ class AugmentView(pn.viewable.Viewer):
             return
         compute_then_update(lambda: augmented(key, image, keypoints, config),
                             lambda: self._draw(key, image, keypoints, config))
+
+    def _key(self, row: int, config) -> tuple:
+        return (id(self.store), row, self.n_samples, tuple(sorted(config.to_dict().items())),
+                self.seed)
+
+    def prepare(self, row: int) -> None:
+        """Make ``row``'s samples with the current settings in a worker, drawing nothing, so
+        that opening that face here (the grid's next step after its detail) draws at once."""
+        if not self._ready:
+            return
+        try:
+            config = self.config()
+            image, keypoints = self.face(row)
+        except ValueError:
+            return
+        key = self._key(row, config)
+        if augmented(key, image, keypoints, config, compute=False) is None:
+            WORKERS.submit(augmented, key, image, keypoints, config)
 
     def _draw(self, key: tuple, image, keypoints, config) -> None:
         if key != self._wanted:  # the user asked for something else meanwhile

@@ -1,14 +1,18 @@
-"""How the views change a session's page: slow work off the event loop, and every change of
-Bokeh models made in that session's own document, with its lock held, in one Panel hold.
+"""How the views change a session's page: slow work off the event loop, heavy page building in
+one process-wide lane, and every change of Bokeh models made in that session's own document,
+with its lock held, in one Panel hold.
 
-Four entry points, one mechanism (:func:`_queue`: a next-tick callback of the session's
+Five entry points, one mechanism (:func:`_queue`: a next-tick callback of the session's
 document, scheduled through ``pn.state.execute``, whose body runs inside ``pn.io.hold``):
 
 - :func:`compute_then_update` — slow work (predictions, a model, a flip audit, TensorFlow)
   in a worker thread, then the view's update in the session that asked for it;
 - :func:`on_click` — a button's handler;
 - :func:`in_document` — a decorator for the views' param watchers;
-- :func:`in_own_turn` — the later part of a view's build.
+- :func:`build_later` — building a tab (tens to hundreds of milliseconds of the loop), in the
+  build lane;
+- :func:`in_own_turn` — the later part of such a build, next in the lane;
+- :func:`collect_garbage_in_lane` — Python's full garbage collections, in the lane too.
 
 Why each part:
 
@@ -27,6 +31,17 @@ Why each part:
   second can overtake the first, and the browser then meets a model it has not been sent yet
   (``reference pNNNN isn't known``). Inside ``pn.io.hold`` both kinds of change are collected
   and sent by Panel, in order.
+- Building a tab creates a hundred or more Bokeh models: 0.1–0.3 s of the one event loop
+  that serves every session. When many sessions build at once (a team opening the
+  augmentation tab together), the loop's first-in-first-out queue made a page turn wait for
+  all of their builds — over a second (``bench_load.py``, 20 sessions). The lane runs one
+  build part at a time for the whole process and leaves the loop free for a moment after
+  each, so a page turn or a click waits for at most one part; builds a user asked for go
+  before prefetches.
+- Python's full garbage collection walks every object of the process (half a million with
+  20 sessions): 0.1–0.3 s of the loop, started whenever the long-lived objects have grown
+  by a quarter — in the middle of a build part or a page turn. Here it runs in the lane
+  instead, as a prefetch every :data:`GC_PERIOD_S`, never on top of a build part.
 
 Without a server (tests, scripts, Panel's warm-up run of the page) everything runs at once.
 """
@@ -36,7 +51,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -90,14 +108,117 @@ def _queue(doc, fn: Callable[[], None]) -> None:
         pn.state.execute(held, schedule=True)
 
 
-def in_own_turn(fn: Callable[[], None]) -> None:
-    """Run ``fn`` in a later turn of the session's event loop, as its own locked, held
-    update: a long build split into parts lets other sessions' clicks in between."""
+#: Seconds the lane leaves the event loop to other work after each build part: enough for a
+#: page turn's few callbacks to run through (each is a millisecond or two).
+LANE_GAP_S = 0.04
+#: Seconds the lane waits for one part before it moves on anyway (a part is waited for only
+#: while its session is open: Bokeh drops a closed session's callbacks unrun).
+LANE_PART_TIMEOUT_S = 30.0
+
+
+class _Lane:
+    """The process's queue of page-building work: one part at a time, user-requested builds
+    before prefetches, a build's later parts next in their build's queue (so a click's build
+    overtakes a prefetch between two of its parts)."""
+
+    def __init__(self):
+        self.urgent: deque = deque()
+        self.prefetch: deque = deque()
+        self.running = False
+        self.in_part = False
+        self._part_urgent = False
+        self._follow: list = []
+        self.parts_done = 0
+
+    def add(self, doc, fn: Callable[[], None], urgent: bool) -> None:
+        if self.in_part:  # a later part of the build running now: it goes next
+            self._follow.append((doc, fn))
+        else:
+            (self.urgent if urgent else self.prefetch).append((doc, fn))
+        if not self.running:
+            self.running = True
+            asyncio.get_running_loop().create_task(self._pump())
+
+    async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.urgent or self.prefetch:
+                self._part_urgent = bool(self.urgent)
+                doc, fn = (self.urgent or self.prefetch).popleft()
+                done = loop.create_future()
+                if doc is None:  # the process's own work (a garbage collection)
+                    self._run(fn, done)
+                    await asyncio.sleep(LANE_GAP_S)
+                    continue
+                if doc.session_context is None or doc.session_context.destroyed:
+                    continue
+                _queue(doc, functools.partial(self._run, fn, done))
+                waited = 0.0
+                while not done.done() and not doc.session_context.destroyed:
+                    if waited >= LANE_PART_TIMEOUT_S:
+                        log.warning("a build part did not run within %.0f s", waited)
+                        break
+                    await asyncio.wait([done], timeout=0.25)
+                    waited += 0.25
+                await asyncio.sleep(LANE_GAP_S)
+        finally:
+            self.running = False
+
+    def _run(self, fn: Callable[[], None], done) -> None:
+        self.in_part = True
+        t0 = time.perf_counter()
+        try:
+            fn()
+        finally:
+            log.debug("build part %s: %.0f ms", getattr(fn, "__qualname__", None) or fn,
+                      1000 * (time.perf_counter() - t0))
+            self.in_part = False
+            (self.urgent if self._part_urgent else self.prefetch).extendleft(
+                reversed(self._follow))
+            self._follow = []
+            self.parts_done += 1
+            if not done.done():
+                done.set_result(None)
+
+
+LANE = _Lane()
+
+
+#: Seconds between two full garbage collections of a served process (see the module's
+#: docstring).
+GC_PERIOD_S = 60
+
+
+def collect_garbage_in_lane() -> None:
+    """Stop Python's own full collections in this (served) process and make one in the lane
+    every GC_PERIOD_S instead; the young generations are still collected as usual (they are
+    small). Idempotent: every session's page calls it."""
+    gc.set_threshold(*gc.get_threshold()[:2], 2**31 - 1)
+    pn.state.schedule_task("fkd-full-gc", _collect_later, period=f"{GC_PERIOD_S}s")
+
+
+def _collect_later() -> None:
+    LANE.add(None, gc.collect, urgent=False)
+
+
+def build_later(fn: Callable[[], None], urgent: bool = True) -> None:
+    """Run ``fn`` (building part of a page) in the process's build lane, as a locked, held
+    update of the calling session; ``urgent`` when a user waits for it, else a prefetch."""
     doc = session_doc()
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        doc = None
     if doc is None:
         fn()
     else:
-        _queue(doc, fn)
+        LANE.add(doc, fn, urgent)
+
+
+def in_own_turn(fn: Callable[[], None]) -> None:
+    """Run ``fn``, the later part of a build, next in the build lane: a long build split into
+    parts lets other sessions' clicks in between."""
+    build_later(fn, urgent=True)
 
 
 def compute_then_update(work: Callable[[], object], update: Callable[[], None]) -> None:

@@ -3,32 +3,32 @@ audit, activation maps, label QA and keypoints on photos.
 
 A new session builds only the header and the leaderboard, so the first paint costs one light
 view. Every other tab's view is built the first time that tab is shown (or another view sends
-the user there) — except two that are built a moment before the user is likely to go there:
+the user there), in the process's build lane (:func:`app.background.build_later`: one build
+part at a time for all sessions, so a burst of users opening tabs never holds up another
+user's page turn by more than one part) — and two are built ahead of need, as the user goes:
 
-- Faces, once the page has painted (the tab people go to first): it reaches the browser while
-  the user reads the leaderboard, and switching to it is a browser-side switch (tens of
-  milliseconds instead of a second);
-- Augment, half a second after a face's detail is first shown (its "open this face in
-  augmentation QA" is the next step; the detail paints first), already on that face. Built
-  right after the page painted, as before, its build (about 0.3 s of the event loop) and its
-  widgets' reaching the browser held up other users' and this user's next page by up to two
-  seconds (`bench_load.py`, five sessions).
+- Faces, once the page has painted, as if the user had asked (it is the tab people go to
+  first): it reaches the browser while the user reads the leaderboard, and switching to it is
+  a browser-side switch (tens of milliseconds instead of a second);
+- Augment, once Faces is shown, at the lane's low priority (the user then pages through faces
+  for a while; built right after Faces instead, its models reached the browser as the user
+  switched to Faces, and held that switch up by half a second). A face's detail then makes
+  that face's augmentation samples in a worker (:meth:`AugmentView.prepare`), so its "open
+  this face in augmentation QA" draws at once.
 
-A prefetched tab is built in its own turn of the event loop, and the process builds one at a
-time (:data:`_IN_FLIGHT`): a burst of new users interleaves with the builds, and a user's
-click never waits behind more than one of them.
+A tab waiting for its build shows Panel's loading spinner.
 """
 
 from __future__ import annotations
 
-import time
+import functools
 from collections.abc import Callable
 
 import panel as pn
 
 from app.activations_view import ActivationsView
 from app.augment_view import AugmentView
-from app.background import in_document, one_recompute, session_doc
+from app.background import build_later, in_document, in_own_turn, one_recompute, session_doc
 from app.data_view import DataView
 from app.experiments_view import ExperimentsView
 from app.flip_audit_view import FlipAuditView
@@ -41,15 +41,9 @@ from app.untrusted import html_text, markdown_text
 
 TABS = ("Leaderboard", "Faces", "Data", "Augment", "Flip audit", "Activations", "Label QA",
         "Photos", "Experiments")
-#: How often a session waiting to prefetch looks again.
-PREFETCH_RETRY_MS = 250
-#: How long after a face's detail is shown its Augment tab is prefetched.
-AUGMENT_AFTER_DETAIL_MS = 500
-#: When the one prefetched build in flight was queued (empty: none); one queued longer ago
-#: than PREFETCH_STALE_S (its session closed first) no longer blocks the others.
-_IN_FLIGHT: list[float] = []
-PREFETCH_STALE_S = 2.0
-
+#: The tab built ahead of need once the page has painted, and those built once a tab is shown.
+PREFETCH_FIRST = "Faces"
+PREFETCH_AFTER = {"Faces": "Augment"}
 
 class Dashboard(pn.viewable.Viewer):
     """Composes the views; a heatmap click switches to the grid focused on that cell, and the
@@ -73,6 +67,9 @@ class Dashboard(pn.viewable.Viewer):
         }
         self.leaderboard = Leaderboard(store, on_cell=self._open_cell)
         self._views: dict[str, pn.viewable.Viewer] = {"Leaderboard": self.leaderboard}
+        #: What to do with a tab's view once built (a row to show, a cell to focus on).
+        self._waiting: dict[str, list[Callable]] = {}
+        self._made: dict[str, pn.viewable.Viewer] = {}  # built, not yet in the page
         self._slots = {name: pn.Column(sizing_mode="stretch_width") for name in TABS}
         self._slots["Leaderboard"].objects = [self.leaderboard]
         self.tabs = pn.Tabs(*((name, self._slots[name]) for name in TABS),
@@ -93,46 +90,46 @@ class Dashboard(pn.viewable.Viewer):
         self._layout = pn.Column(header, banner, self.tabs, sizing_mode="stretch_width")
         self._doc = session_doc()
         if self._doc is not None:
-            pn.state.onload(lambda: self._prefetch("Faces"))
+            # Faces as if asked for: it is the next click, a second from now.
+            pn.state.onload(lambda: self.ensure(PREFETCH_FIRST))
 
-    def _prefetch(self, name: str, row: int | None = None) -> None:
-        """Build tab ``name`` (on training row ``row``) ahead of need, once no other prefetch
-        is in flight; nothing without a server, after the session closed or when the tab is
-        built already."""
-        if self._doc is None or self._doc.session_context.destroyed or name in self._views:
+    def ensure(self, name: str, then: Callable | None = None, urgent: bool = True) -> None:
+        """Tab ``name``'s view handed to ``then``, then activated: at once when it is built
+        already, else after its build in the lane."""
+        if then is not None:
+            self._waiting.setdefault(name, []).append(then)
+        if name in self._views:
+            self._ready(name)
             return
-        now = time.monotonic()
-        if _IN_FLIGHT and now - _IN_FLIGHT[0] < PREFETCH_STALE_S:
-            self._doc.add_timeout_callback(lambda: self._prefetch(name, row), PREFETCH_RETRY_MS)
-            return
-        _IN_FLIGHT[:] = [now]
-        self._build(name, row)
+        self._slots[name].loading = True
+        build_later(functools.partial(self._ready, name), urgent)
 
-    @in_document
-    def _build(self, name: str, row: int | None) -> None:
-        """Build one prefetched tab (its own turn of the event loop)."""
-        try:
-            if name in self._views:
-                return
-            view = self.view(name)
-            if row is not None:
-                view.show_row(row)
-            if hasattr(view, "activate"):
-                view.activate()
-        finally:
-            _IN_FLIGHT.clear()
+    def _ready(self, name: str) -> None:
+        """Build tab ``name`` if it is not yet — its objects in one part of the lane, their
+        Bokeh models in the page in the next, so each part is short — then do what waits for
+        it and activate it."""
+        if name not in self._views and name not in self._made:
+            self._made[name] = self._makers[name]()
+            in_own_turn(functools.partial(self._ready, name))
+            return
+        view = self.view(name)
+        for then in self._waiting.pop(name, []):
+            then(view)
+        if hasattr(view, "activate"):
+            view.activate()
 
     def _detail_shown(self, row: int) -> None:
-        if self._doc is not None and "Augment" not in self._views:
-            self._doc.add_timeout_callback(lambda: self._prefetch("Augment", row),
-                                           AUGMENT_AFTER_DETAIL_MS)
+        if "Augment" in self._views:
+            self._views["Augment"].prepare(row)
 
     def view(self, name: str):
         """The tab's view, built (and put into its tab) the first time it is asked for."""
         if name not in self._views:
             with one_recompute():
-                view = self._views[name] = self._makers[name]()
+                made = self._made.pop(name, None)
+                view = self._views[name] = made if made is not None else self._makers[name]()
                 self._slots[name].objects = [view]
+                self._slots[name].loading = False
         return self._views[name]
 
     @property
@@ -144,23 +141,26 @@ class Dashboard(pn.viewable.Viewer):
         return self.view("Augment")
 
     def _open_cell(self, run_id: str, keypoint: str) -> None:
-        self.grid.focus(run_id, keypoint)
+        self.ensure("Faces", lambda grid: grid.focus(run_id, keypoint))
         self.tabs.active = TABS.index("Faces")
 
     @in_document
     def _tab_shown(self, event) -> None:
-        view = self.view(TABS[event.new])
-        if hasattr(view, "activate"):
-            view.activate()
+        self.ensure(TABS[event.new])
+        after = PREFETCH_AFTER.get(TABS[event.new])
+        if after is not None and self._doc is not None:
+            self.ensure(after, urgent=False)
 
     def _open_in_augment(self, row: int) -> None:
-        self.augment.show_row(row)
+        self.ensure("Augment", lambda view: view.show_row(row))
         self.tabs.active = TABS.index("Augment")
 
     def _open_in_label_qa(self, row: int) -> None:
-        view = self.view("Label QA")
-        view.activate()
-        view.show_row(row)
+        def show(view) -> None:
+            view.activate()
+            view.show_row(row)
+
+        self.ensure("Label QA", show)
         self.tabs.active = TABS.index("Label QA")
 
     def __panel__(self):

@@ -16,6 +16,7 @@ from bokeh.settings import settings as bokeh_settings  # noqa: E402
 from panel.io.resources import get_dist_path  # noqa: E402
 
 from app.augment_view import warm_up_in_background  # noqa: E402
+from app.background import collect_garbage_in_lane  # noqa: E402
 from app.dashboard import Dashboard  # noqa: E402
 from app.state import Settings, get_store  # noqa: E402
 
@@ -30,5 +31,7 @@ if pn.state.curdoc is not None:
     pn.state.curdoc.template_variables.setdefault("dist_url", get_dist_path(cdn=False))
 
 store = get_store(Settings.from_args(sys.argv[1:]))
+if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+    collect_garbage_in_lane()  # a served page: see app.background
 warm_up_in_background(store)  # once per process: the first session (or `--warm`) starts it
 Dashboard(store).servable(title="fkd dashboard")

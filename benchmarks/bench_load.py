@@ -95,18 +95,21 @@ class Tally:
         self.console: list[str] = []
         self.failures: list[str] = []
         self.sessions_done = 0
+        self.timeline: list[tuple[float, str, str, float]] = []  # (start, session, action, ms)
         self.evidence: Path | None = None  # where stuck browser pages are photographed
 
     def record(self, label: str, name: str, took: float, stuck_s: float) -> None:
         """One finished action's time; slower than ``stuck_s`` also counts as stuck."""
         self.times[name].append(1000 * took)
+        self.timeline.append((round(time.time() - took, 3), label, name, round(1000 * took, 1)))
         if took > stuck_s:
             self.stuck.append(f"{label}: {name} took {took:.1f} s")
 
     def summary(self) -> dict:
         return {"actions": {a: stats(self.times.get(a, [])) for a in ACTIONS},
                 "stuck": self.stuck, "cross_session": self.cross, "console_errors": self.console,
-                "driver_failures": self.failures, "sessions_completed": self.sessions_done}
+                "driver_failures": self.failures, "sessions_completed": self.sessions_done,
+                "timeline": sorted(self.timeline)}
 
 
 def stats(ms: list[float]) -> dict:
