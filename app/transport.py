@@ -1,4 +1,4 @@
-"""Three repairs to how Panel and Bokeh talk to browsers, for a server with many busy sessions.
+"""Four repairs to how Panel and Bokeh talk to browsers, for a server with many busy sessions.
 
 All were found by ``benchmarks/bench_load.py`` (40 sessions on one server) and are installed
 once per process by :func:`install` (``app.background`` calls it on import).
@@ -17,7 +17,13 @@ once per process by :func:`install` (``app.background`` calls it on import).
    ``ServerConnection.session`` with a traceback, as if the server had failed. Nothing is
    lost (the session is gone), so :class:`_ClosedConnection` turns those records into one
    INFO line.
-3. **Nagle's delay** (Tornado's default for websockets). A Bokeh message is several websocket
+3. **A closed socket's unfinished writes** (Panel 1.9, ``panel.io.document``). When a session
+   closes while its messages are being written, Panel cancels the task that waits for the
+   writes; the writes themselves then fail with ``WebSocketClosedError`` and, as nothing
+   waits for them any more, asyncio logs each as "Task exception was never retrieved" with
+   a traceback. Nothing is lost (the page is gone), so those records become one INFO line
+   too (also :class:`_ClosedConnection`).
+4. **Nagle's delay** (Tornado's default for websockets). A Bokeh message is several websocket
    frames — header, metadata, content, then one per binary buffer (a face's image) — written
    back to back; with Nagle's algorithm on, a frame written while the previous one is not yet
    acknowledged waits for the browser's delayed ACK (about 40–90 ms measured on localhost):
@@ -34,9 +40,11 @@ from pathlib import PurePath
 
 from panel.io import document as panel_document
 
-#: The loggers that report a message handled after its connection closed: Bokeh's protocol
-#: handler (a PATCH-DOC), its websocket handler and Tornado's callback runner.
-LOGGERS = ("bokeh.server.protocol_handler", "bokeh.server.views.ws", "tornado.application")
+#: The loggers that report a message handled (or written) after its connection closed:
+#: Bokeh's protocol handler (a PATCH-DOC), its websocket handler, Tornado's callback runner
+#: and asyncio (a write nothing waited for).
+LOGGERS = ("bokeh.server.protocol_handler", "bokeh.server.views.ws", "tornado.application",
+           "asyncio")
 
 
 def _keep_writing(dispatch):
@@ -77,17 +85,31 @@ def from_detached_connection(exc_info) -> bool:
         "bokeh", "server", "connection.py")
 
 
+def written_to_closed_socket(exc_info) -> bool:
+    """Whether a logged exception is a websocket write that failed because the socket had
+    closed."""
+    from tornado.websocket import WebSocketClosedError
+
+    return bool(exc_info) and isinstance(exc_info[1], WebSocketClosedError)
+
+
 class _ClosedConnection(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and from_detached_connection(record.exc_info):
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            record.msg, record.args = "dropped a message that arrived as its connection closed", ()
-            record.exc_info = record.exc_text = None
+        if record.levelno < logging.ERROR:
+            return True
+        if from_detached_connection(record.exc_info):
+            record.msg = "dropped a message that arrived as its connection closed"
+        elif written_to_closed_socket(record.exc_info):
+            record.msg = "dropped a message written as its connection closed"
+        else:
+            return True
+        record.levelno, record.levelname, record.args = logging.INFO, "INFO", ()
+        record.exc_info = record.exc_text = None
         return True
 
 
 def install() -> None:
-    """Apply the three repairs (idempotent)."""
+    """Apply the four repairs (idempotent)."""
     from bokeh.server.views.ws import WSHandler
 
     if not hasattr(panel_document._dispatch_msgs, "__wrapped__"):

@@ -107,3 +107,28 @@ def test_a_closed_connections_message_is_one_info_line(caplog, name):
     assert first.levelname == "INFO" and first.exc_info is None
     assert "connection closed" in first.getMessage()
     assert second.levelname == "ERROR" and second.exc_info is not None
+
+
+def test_a_write_to_a_closed_socket_nothing_waited_for_is_one_info_line(caplog):
+    """asyncio's own report of a failed write task nobody awaited (a session closed while its
+    messages were being written), produced by asyncio itself."""
+    import gc
+
+    from tornado.websocket import WebSocketClosedError
+
+    transport.install()
+
+    async def write():
+        raise WebSocketClosedError()
+
+    async def main():
+        task = asyncio.ensure_future(write())
+        await asyncio.sleep(0.01)
+        assert task.done()
+
+    with caplog.at_level(logging.INFO, logger="asyncio"):
+        asyncio.run(main())
+        gc.collect()  # the finished task is collected: asyncio reports its exception
+    records = [r for r in caplog.records if r.name == "asyncio"]
+    assert records and all(r.levelname == "INFO" and r.exc_info is None for r in records)
+    assert "written as its connection closed" in records[0].getMessage()
