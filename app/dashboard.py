@@ -45,6 +45,7 @@ TABS = ("Leaderboard", "Faces", "Data", "Augment", "Flip audit", "Activations", 
 PREFETCH_FIRST = "Faces"
 PREFETCH_AFTER = {"Faces": "Augment"}
 
+
 class Dashboard(pn.viewable.Viewer):
     """Composes the views; a heatmap click switches to the grid focused on that cell, and the
     flip audit's "open in augmentation QA" (or "open in Label QA") to that view on that row."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -110,6 +111,30 @@ def test_invalid_setting_is_the_librarys_message(store):
     assert view.samples is before  # the last good samples stay
     view.settings.scale = 0.1
     assert not view._message.pane.visible
+
+
+def test_prepared_face_draws_the_samples_made_ahead(store):
+    """A face's detail has the Augment tab make that face's samples in a worker; opening the
+    face then draws exactly those samples, from the process-wide cache."""
+    from app.augment_view import WORKERS, AugmentView, augmented
+
+    view = AugmentView(store)
+    view.activate()
+    row = int(store.train.row_ids[-1])
+    assert row != view.row
+    key = view._key(row, view.config())
+    assert augmented(key, None, None, None, compute=False) is None
+    view.prepare(row)
+    WORKERS.submit(lambda: None).result()  # the worker has had its turn
+    for _ in range(200):
+        made = augmented(key, None, None, None, compute=False)
+        if made is not None:
+            break
+        time.sleep(0.05)
+    assert made is not None
+    view.show_row(row)
+    assert view.samples[0] is made[0] and view.samples[1] is made[1]
+    assert f"training.csv row {row}" in view._header.object
 
 
 def test_activation_tiles_per_layer_and_top_k(store):
