@@ -129,6 +129,7 @@ class _Lane:
         self._part_urgent = False
         self._follow: list = []
         self.parts_done = 0
+        self._task: asyncio.Task | None = None
 
     def add(self, doc, fn: Callable[[], None], urgent: bool) -> None:
         if self.in_part:  # a later part of the build running now: it goes next
@@ -137,7 +138,8 @@ class _Lane:
             (self.urgent if urgent else self.prefetch).append((doc, fn))
         if not self.running:
             self.running = True
-            asyncio.get_running_loop().create_task(self._pump())
+            # Kept: the event loop holds its tasks only weakly.
+            self._task = asyncio.get_running_loop().create_task(self._pump())
 
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()
