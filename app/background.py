@@ -192,9 +192,12 @@ GC_PERIOD_S = 60
 
 
 def collect_garbage_in_lane() -> None:
-    """Stop Python's own full collections in this (served) process and make one in the lane
-    every GC_PERIOD_S instead; the young generations are still collected as usual (they are
-    small). Idempotent: every session's page calls it."""
+    """Stop Python's own full collections in a served process and make one in the lane every
+    GC_PERIOD_S instead; the young generations are still collected as usual (they are small).
+    Nothing outside a served session (tests, scripts, Panel's warm-up run of the page).
+    Idempotent: every session's page calls it."""
+    if session_doc() is None:
+        return
     gc.set_threshold(*gc.get_threshold()[:2], 2**31 - 1)
     pn.state.schedule_task("fkd-full-gc", _collect_later, period=f"{GC_PERIOD_S}s")
 

@@ -137,10 +137,6 @@ class Dashboard(pn.viewable.Viewer):
     def grid(self) -> FaceGrid:
         return self.view("Faces")
 
-    @property
-    def augment(self) -> AugmentView:
-        return self.view("Augment")
-
     def _open_cell(self, run_id: str, keypoint: str) -> None:
         self.ensure("Faces", lambda grid: grid.focus(run_id, keypoint))
         self.tabs.active = TABS.index("Faces")

@@ -31,7 +31,6 @@ if pn.state.curdoc is not None:
     pn.state.curdoc.template_variables.setdefault("dist_url", get_dist_path(cdn=False))
 
 store = get_store(Settings.from_args(sys.argv[1:]))
-if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-    collect_garbage_in_lane()  # a served page: see app.background
+collect_garbage_in_lane()  # in a served process only: see app.background
 warm_up_in_background(store)  # once per process: the first session (or `--warm`) starts it
 Dashboard(store).servable(title="fkd dashboard")
