@@ -21,6 +21,7 @@ import gc
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -30,10 +31,9 @@ from bokeh.models import ColumnDataSource, HoverTool, LabelSet
 
 from app.background import (
     WORKERS,
-    build_later,
     compute_then_update,
     in_document,
-    in_own_turn,
+    in_parts,
     on_click,
     one_recompute,
 )
@@ -238,7 +238,19 @@ class AugmentView(pn.viewable.Viewer):
 
     def activate(self) -> None:
         """Build the controls and draw, the first time the tab is shown (imports TensorFlow
-        off the event loop when served)."""
+        off the event loop when served), unless :meth:`build_parts` has run already."""
+        if not self._started:
+            in_parts(self.build_parts())
+
+    def build_parts(self) -> Iterator[None]:
+        """The whole tab, built in five parts of the build lane — the samples, the controls'
+        objects, their layout, the flip check's objects, its layout — so that another
+        session's click waits for a short part of this build, never for the whole of it.
+
+        The dashboard runs the parts before it puts the view into the page, so the browser
+        gets the tab in one message and lays the page out once, not once per part (a third
+        of a second of the browser's time each, measured). Before TensorFlow is warm, the
+        parts run later, in the page, under a "Loading" message."""
         if self._started:
             return
         self._started = True
@@ -247,23 +259,30 @@ class AugmentView(pn.viewable.Viewer):
             self._say(f"No training faces to augment: "
                       f"{self.store.data_error or 'this data has no training.csv'}", "danger")
             return
-        if is_warm(self.store):
-            self._build()
+        if not is_warm(self.store):
+            self._say("Loading the augmentation code (TensorFlow)…")
+            store = self.store
+            compute_then_update(lambda: warm_up(store),
+                                lambda: in_parts(self._build_parts()))
             return
-        self._say("Loading the augmentation code (TensorFlow)…")
-        store = self.store
-        compute_then_update(lambda: warm_up(store), lambda: build_later(self._build))
+        yield from self._build_parts()
 
-    def _build(self) -> None:
-        """In five parts of the build lane — the samples, the controls' objects, their Bokeh
-        models, the flip check's objects, theirs — so that another session's click waits for
-        a short part of this build, never for the whole of it."""
+    def _build_parts(self) -> Iterator[None]:
         with one_recompute():
             self._build_samples()
         self._ready = True
         self._say("")
         self.redraw()
-        in_own_turn(self._build_controls)
+        yield
+        controls, transforms = self._build_controls()
+        yield
+        with one_recompute():
+            self._settings_column.objects = [transforms, self._cli]
+            self._body.objects = [controls, *self._body.objects]
+        yield
+        canvas = self._build_flip()
+        yield
+        self._show_flip(canvas)
 
     def _build_samples(self) -> None:
         self.settings = settings_class()()
@@ -281,8 +300,8 @@ class AugmentView(pn.viewable.Viewer):
             pn.Column(self._header, pn.pane.Bokeh(self._samples.figure), self._table),
         )]
 
-    def _build_controls(self) -> None:
-        """The controls' objects (their Bokeh models come in the next part)."""
+    def _build_controls(self):
+        """The controls' objects: (the row of choices, the transforms' grid)."""
         w = pn.widgets
         random_face = w.Button(label="random face", width=110, css_classes=["fkd-aug-random"])
         on_click(random_face, self._random_face)
@@ -308,16 +327,10 @@ class AugmentView(pn.viewable.Viewer):
                                 css_classes=["fkd-aug-from-run"]),
             pn.Column(defaults, all_off, margin=0),
         )
-        in_own_turn(functools.partial(self._show_controls, controls, self._transform_widgets()))
+        return controls, self._transform_widgets()
 
-    def _show_controls(self, controls, transforms) -> None:
-        with one_recompute():
-            self._settings_column.objects = [transforms, self._cli]
-            self._body.objects = [controls, *self._body.objects]
-        in_own_turn(self._build_flip)
-
-    def _build_flip(self) -> None:
-        """The flip check's objects; in the page (and drawn) in the next part."""
+    def _build_flip(self) -> FaceCanvas:
+        """The flip check's objects."""
         canvas = FaceCanvas(scale=FLIP_SCALE, css_class="fkd-flip-faces")
         canvas.figure.name = "fkd-flip-figure"
         _hover_names(canvas)
@@ -330,7 +343,7 @@ class AugmentView(pn.viewable.Viewer):
             background_fill_alpha=0.7))
         self._flip_table = pn.pane.HTML("", css_classes=["fkd-flip-table"], margin=(0, 10))
         self._flip_check = pn.pane.HTML("", css_classes=["fkd-flip-check"], margin=(0, 10))
-        in_own_turn(functools.partial(self._show_flip, canvas))
+        return canvas
 
     def _show_flip(self, canvas: FaceCanvas) -> None:
         with one_recompute():

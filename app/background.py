@@ -2,7 +2,7 @@
 one process-wide lane, and every change of Bokeh models made in that session's own document,
 with its lock held, in one Panel hold.
 
-Five entry points, one mechanism (:func:`_queue`: a next-tick callback of the session's
+The entry points, one mechanism (:func:`_queue`: a next-tick callback of the session's
 document, scheduled through ``pn.state.execute``, whose body runs inside ``pn.io.hold``):
 
 - :func:`compute_then_update` — slow work (predictions, a model, a flip audit, TensorFlow)
@@ -11,7 +11,8 @@ document, scheduled through ``pn.state.execute``, whose body runs inside ``pn.io
 - :func:`in_document` — a decorator for the views' param watchers;
 - :func:`build_later` — building a tab (tens to hundreds of milliseconds of the loop), in the
   build lane;
-- :func:`in_own_turn` — the later part of such a build, next in the lane;
+- :func:`in_own_turn` — the later part of such a build, next in the lane (and
+  :func:`in_parts`, a build written as a generator, one part per step);
 - :func:`collect_garbage_in_lane` — Python's full garbage collections, in the lane too.
 
 Why each part:
@@ -55,7 +56,7 @@ import gc
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import panel as pn
@@ -154,7 +155,7 @@ class _Lane:
                     continue
                 if doc.session_context is None or doc.session_context.destroyed:
                     continue
-                _queue(doc, functools.partial(self._run, fn, done))
+                _queue(doc, functools.partial(self._run, fn, done, time.perf_counter()))
                 waited = 0.0
                 while not done.done() and not doc.session_context.destroyed:
                     if waited >= LANE_PART_TIMEOUT_S:
@@ -166,14 +167,15 @@ class _Lane:
         finally:
             self.running = False
 
-    def _run(self, fn: Callable[[], None], done) -> None:
+    def _run(self, fn: Callable[[], None], done, queued: float | None = None) -> None:
         self.in_part = True
         t0 = time.perf_counter()
         try:
             fn()
         finally:
-            log.debug("build part %s: %.0f ms", getattr(fn, "__qualname__", None) or fn,
-                      1000 * (time.perf_counter() - t0))
+            log.debug("build part %s: %.0f ms (%.0f ms after it was queued)",
+                      getattr(fn, "__qualname__", None) or fn, 1000 * (time.perf_counter() - t0),
+                      1000 * (t0 - (queued or t0)))
             self.in_part = False
             (self.urgent if self._part_urgent else self.prefetch).extendleft(
                 reversed(self._follow))
@@ -224,6 +226,26 @@ def in_own_turn(fn: Callable[[], None]) -> None:
     """Run ``fn``, the later part of a build, next in the build lane: a long build split into
     parts lets other sessions' clicks in between."""
     build_later(fn, urgent=True)
+
+
+def in_parts(parts: Iterator[None], then: Callable[[], None] | None = None) -> None:
+    """Run a build written as a generator, each step up to its next ``yield`` one part of the
+    lane (next in its own build's queue), then ``then()``."""
+    def step() -> None:
+        try:
+            more = next(parts, _DONE) is not _DONE
+        except Exception:  # a broken build shows what it has, not a spinner for ever
+            log.exception("a build part failed")
+            more = False
+        if more:
+            in_own_turn(step)
+        elif then is not None:
+            then()
+
+    in_own_turn(step)
+
+
+_DONE = object()
 
 
 def compute_then_update(work: Callable[[], object], update: Callable[[], None]) -> None:

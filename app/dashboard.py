@@ -12,9 +12,11 @@ user's page turn by more than one part) — and two are built ahead of need, as 
   a browser-side switch (tens of milliseconds instead of a second);
 - Augment, once Faces is shown, at the lane's low priority (the user then pages through faces
   for a while; built right after Faces instead, its models reached the browser as the user
-  switched to Faces, and held that switch up by half a second). A face's detail then makes
-  that face's augmentation samples in a worker (:meth:`AugmentView.prepare`), so its "open
-  this face in augmentation QA" draws at once.
+  switched to Faces, and held that switch up by half a second). It is built in parts
+  (:meth:`AugmentView.build_parts`) before it goes into the page, so the browser gets it in
+  one message and lays the page out once. A face's detail then makes that face's
+  augmentation samples in a worker (:meth:`AugmentView.prepare`), so its "open this face in
+  augmentation QA" draws at once.
 
 A tab waiting for its build shows Panel's loading spinner.
 """
@@ -28,7 +30,7 @@ import panel as pn
 
 from app.activations_view import ActivationsView
 from app.augment_view import AugmentView
-from app.background import build_later, in_document, in_own_turn, one_recompute, session_doc
+from app.background import build_later, in_document, in_parts, one_recompute, session_doc
 from app.data_view import DataView
 from app.experiments_view import ExperimentsView
 from app.flip_audit_view import FlipAuditView
@@ -71,6 +73,7 @@ class Dashboard(pn.viewable.Viewer):
         #: What to do with a tab's view once built (a row to show, a cell to focus on).
         self._waiting: dict[str, list[Callable]] = {}
         self._made: dict[str, pn.viewable.Viewer] = {}  # built, not yet in the page
+        self._building: set[str] = set()  # in the lane now
         self._slots = {name: pn.Column(sizing_mode="stretch_width") for name in TABS}
         self._slots["Leaderboard"].objects = [self.leaderboard]
         self.tabs = pn.Tabs(*((name, self._slots[name]) for name in TABS),
@@ -102,22 +105,33 @@ class Dashboard(pn.viewable.Viewer):
         if name in self._views:
             self._ready(name)
             return
-        self._slots[name].loading = True
-        build_later(functools.partial(self._ready, name), urgent)
+        if urgent:  # a prefetch goes to a hidden tab: no spinner to send
+            self._slots[name].loading = True
+        if name not in self._building:  # else the build's last part does what waits
+            build_later(functools.partial(self._ready, name), urgent)
 
     def _ready(self, name: str) -> None:
-        """Build tab ``name`` if it is not yet — its objects in one part of the lane, their
-        Bokeh models in the page in the next, so each part is short — then do what waits for
-        it and activate it."""
+        """Build tab ``name`` if it is not yet — its objects in parts of the lane (the view's
+        ``build_parts``, if it has them), their Bokeh models in the page in one more part,
+        so each part is short and the browser gets the tab in one message — then do what
+        waits for it and activate it."""
+        if name in self._building:
+            return  # asked again while being built: the build's last part comes back here
         if name not in self._views and name not in self._made:
-            self._made[name] = self._makers[name]()
-            in_own_turn(functools.partial(self._ready, name))
+            view = self._made[name] = self._makers[name]()
+            parts = view.build_parts() if hasattr(view, "build_parts") else iter(())
+            self._building.add(name)
+            in_parts(parts, functools.partial(self._built, name))
             return
         view = self.view(name)
         for then in self._waiting.pop(name, []):
             then(view)
         if hasattr(view, "activate"):
             view.activate()
+
+    def _built(self, name: str) -> None:
+        self._building.discard(name)
+        self._ready(name)
 
     def _detail_shown(self, row: int) -> None:
         if "Augment" in self._views:

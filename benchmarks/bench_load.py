@@ -76,6 +76,67 @@ TEXT_JS = """e => { const skip = new Set(['STYLE', 'SCRIPT']);
     return s; };
   return t(e); }"""
 
+#: Milliseconds between two looks at the page while an action's result is awaited (in the
+#: page, see PAGE_JS): the measured times are up to this much late.
+POLL_MS = 20
+#: Installed in every measured page: how a session looks at its page while it waits. Each
+#: look reads the few elements the action changes (found once, through Bokeh's shadow roots,
+#: then kept while they stay in the page) inside the page itself. Playwright's locators
+#: instead search the whole page's text from the driver, one round trip per look: with 20
+#: browsers on two cores that cost a page turn about a third more of the machine than the
+#: page turn itself (benchmarks/bench_look_cost.py) and slowed every session it measured.
+PAGE_JS = """window.__fkd = (() => {
+  const allIn = (root, cls) => {
+    const out = [];
+    const walk = n => { for (const c of n.children || []) {
+      if (c.classList && c.classList.contains(cls)) out.push(c);
+      walk(c); if (c.shadowRoot) walk(c.shadowRoot); } };
+    walk(root); if (root.shadowRoot) walk(root.shadowRoot);
+    return out;
+  };
+  const kept = new Map();
+  const shown = cls => {
+    let el = kept.get(cls);
+    if (!el || !el.isConnected || !el.checkVisibility()) {
+      el = allIn(document, cls).find(e => e.checkVisibility()) || null;
+      if (el) kept.set(cls, el);
+    }
+    return el;
+  };
+  const skip = new Set(['STYLE', 'SCRIPT']);
+  const text = n => { let s = n.shadowRoot ? text(n.shadowRoot) : '';
+    for (const c of n.childNodes) s += c.nodeType === 3 ? c.textContent
+      : (c.nodeType === 1 && !skip.has(c.tagName) ? text(c) : '');
+    return s; };
+  const squash = s => s.split(/\\s+/).join(' ').trim();
+  return {
+    text(cls) { const el = shown(cls); return el ? squash(text(el)) : null; },
+    shown(cls) { return shown(cls) !== null; },
+    tab(name) { return allIn(document, 'bk-tab').some(
+      e => e.checkVisibility() && squash(e.textContent) === name); },
+    captions(figure) {
+      const fig = shown(figure), out = [];
+      if (!fig) return out;
+      for (const layer of allIn(fig, 'bk-layer')) for (const c of layer.children)
+        if (!c.children.length && c.textContent.trim()) out.push(squash(c.textContent));
+      return out;
+    },
+  };
+})();"""
+#: Done conditions, evaluated in the page every POLL_MS.
+GRID_SHOWN_JS = """() => { const t = __fkd.text('fkd-grid-header');
+  return !!t && /page \\d+ of/.test(t) && __fkd.captions('fkd-grid-faces').length > 0; }"""
+TURNED_JS = """([from, before]) => { const t = __fkd.text('fkd-grid-header');
+  const m = t && /page (\\d+) of/.exec(t);
+  if (!m || +m[1] === from) return false;
+  const caps = __fkd.captions('fkd-grid-faces');
+  return caps.length > 0 && !caps.includes(before); }"""
+DETAIL_JS = """() => { const t = __fkd.text('fkd-detail-title');
+  return !!t && /training\\.csv row \\d+/.test(t) && __fkd.shown('fkd-keypoints') && t; }"""
+AUGMENT_JS = """row => { const t = __fkd.text('fkd-aug-header');
+  return !!t && t.includes(`training.csv row ${row} ·`) && __fkd.shown('fkd-samples'); }"""
+
+
 
 class Stuck(Exception):
     """An action's result never appeared."""
@@ -200,16 +261,19 @@ def log_errors(log: Path, start: int = 0, end: int | None = None) -> list[str]:
 
 # -- one browser session ----------------------------------------------------------------------
 
-async def text_of(locator) -> str:
-    return " ".join((await locator.first.evaluate(TEXT_JS)).split())
-
-
 async def page_number(page) -> tuple[int, int] | None:
-    header = page.locator(".fkd-grid-header")
-    if not await header.count():
-        return None
-    m = PAGE.search(await text_of(header))
+    m = PAGE.search(await page.evaluate("__fkd.text('fkd-grid-header')") or "")
     return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+async def captions(page) -> list[str]:
+    return await page.evaluate("__fkd.captions('fkd-grid-faces')")
+
+
+async def until(page, predicate: str, arg=None):
+    """Wait for ``predicate`` (PAGE_JS's functions) to hold in the page; its value."""
+    handle = await page.wait_for_function(predicate, arg=arg, polling=POLL_MS)
+    return await handle.json_value()
 
 
 async def click_face(page, index: int) -> None:
@@ -277,6 +341,7 @@ class BrowserSession:
 
         ctx = await self.browser.new_context(viewport=ui.VIEWPORT)
         ctx.set_default_timeout(self.timeout_ms)
+        await ctx.add_init_script(PAGE_JS)
         page = self.page = await ctx.new_page()
         listening = [True]
 
@@ -306,12 +371,11 @@ class BrowserSession:
 
         async def open_():
             await page.goto(self.url)
-            await page.locator(".bk-tab", has_text="Leaderboard").first.wait_for()
+            await until(page, "() => __fkd.tab('Leaderboard')")
 
         async def faces():
             await page.locator(".bk-tab", has_text="Faces").first.click()
-            await page.locator(".fkd-grid-header", has_text=PAGE).first.wait_for()
-            await ui.caption_locator(page).first.wait_for()
+            await until(page, GRID_SHOWN_JS)
 
         await self.act("open", open_)
         await self.act("Faces", faces)
@@ -319,17 +383,20 @@ class BrowserSession:
         if shown is None or shown[0] != 1:
             self.cross(f"Faces tab shows page {shown} instead of 1")
         current, pages = shown or (1, 1)
+        # A person's click: mouse events at the button (found once; the pager stays put).
+        # Playwright's locator.click() first finds the button, scrolls to it and hit-tests it,
+        # in the page, on every click: a fifth of a page turn's cost to the machine.
+        box = await page.locator(".fkd-next button").first.bounding_box()
+        at = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         for _ in range(NEXTS):
             want = min(current + 1, pages)
             if want == current:
                 break  # the last page: "next" has nothing to show
-            before = (await ui.captions(page))[0]
+            before = (await captions(page))[0]
 
             async def step(current=current, before=before):
-                await page.locator(".fkd-next button").first.click()
-                moved = re.compile(rf"page (?!{current} of)\d+ of")
-                await page.locator(".fkd-grid-header", has_text=moved).first.wait_for()
-                await page.get_by_text(before, exact=True).first.wait_for(state="hidden")
+                await page.mouse.click(*at)
+                await until(page, TURNED_JS, [current, before])
 
             await self.act("next", step)
             shown = await page_number(page)
@@ -337,16 +404,13 @@ class BrowserSession:
                 self.cross(f"after 'next' from page {current} the counter shows "
                            f"{shown and shown[0]}, not {want}")
             current = shown[0] if shown else want
-        first = (await ui.captions(page))[0]
+        first = (await captions(page))[0]
         m = CAPTION_ROW.match(first)
         row = int(m.group(1)) if m else None
 
         async def detail():
             await click_face(page, 0)
-            title = page.locator(".fkd-detail .fkd-detail-title", has_text=ROW)
-            await title.first.wait_for()
-            await page.locator(".fkd-detail table.fkd-keypoints").first.wait_for()
-            return ROW.search(await text_of(title))
+            return ROW.search(await until(page, DETAIL_JS))
 
         seen = await self.act("detail", detail)
         if row is not None and int(seen.group(1)) != row:
@@ -357,14 +421,12 @@ class BrowserSession:
             """Done when that row's samples are shown: the tab, built before the click (the
             dashboard prefetches it), already shows another face while it waits."""
             await page.locator(".fkd-open-augment button").first.click()
-            header = page.locator(".fkd-aug-header", has_text=f"training.csv row {row} ·")
-            await header.first.wait_for()
-            await page.locator(".fkd-aug-table table").first.wait_for()
+            await until(page, AUGMENT_JS, row)
 
         try:
             await self.act("Augment", augment)
         except Stuck:
-            shown = ROW.search(await text_of(page.locator(".fkd-aug-header").first))
+            shown = ROW.search(await page.evaluate("__fkd.text('fkd-aug-header')") or "")
             if shown is not None and int(shown.group(1)) != row:
                 self.cross(f"Augment opened for row {row} shows row {shown.group(1)}")
             raise

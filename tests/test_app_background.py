@@ -1,8 +1,9 @@
 """The build lane of app.background: which build part runs when, on a real event loop."""
 
 import asyncio
+import logging
 
-from app.background import _Lane
+from app.background import _Lane, in_parts
 
 
 def test_build_lane_runs_asked_for_builds_first_and_each_build_to_its_end():
@@ -46,3 +47,34 @@ def test_build_lane_lets_other_work_run_between_parts():
 
     asyncio.run(main())
     assert order == ["prefetch 1", "page turn", "click", "prefetch 2"]
+
+
+def test_build_in_parts_runs_each_step_then_the_rest():
+    """Without a server (tests, scripts) the steps run at once, in order, then ``then``."""
+    order = []
+
+    def build():
+        order.append("objects")
+        yield
+        order.append("layout")
+        yield
+        order.append("drawn")
+
+    in_parts(build(), lambda: order.append("into the page"))
+    assert order == ["objects", "layout", "drawn", "into the page"]
+
+
+def test_a_failing_build_part_still_ends_the_build(caplog):
+    """A step that raises ends the build with what it has (the page shows the tab, not a
+    spinner for ever) and logs why."""
+    order = []
+
+    def build():
+        order.append("objects")
+        yield
+        raise ValueError("a broken run folder")
+
+    with caplog.at_level(logging.ERROR, logger="app.background"):
+        in_parts(build(), lambda: order.append("into the page"))
+    assert order == ["objects", "into the page"]
+    assert "a broken run folder" in caplog.text

@@ -137,6 +137,32 @@ def test_prepared_face_draws_the_samples_made_ahead(store):
     assert f"training.csv row {row}" in view._header.object
 
 
+def test_augment_tab_is_whole_before_it_goes_into_a_page(store):
+    """The dashboard runs the tab's build parts before it puts the view into the page (so the
+    browser gets it in one message): after the parts, with no document anywhere, the view
+    holds its controls, its samples drawn and its flip check drawn."""
+    from bokeh.document import Document
+
+    from app.augment_view import AugmentView, warm_up
+
+    warm_up(store)
+    view = AugmentView(store)
+    steps = sum(1 for _ in view.build_parts())
+    assert steps == 4  # five parts: four pauses between them
+    assert list(view.build_parts()) == []  # built once
+    view.activate()  # the page's activation then has nothing left to build
+    body = view._body.objects
+    assert len(body) == 4  # controls, samples and settings, flip heading, flip row
+    assert len(view.samples[0]) == view.n_samples
+    assert f"training.csv row {view.row}" in view._header.object
+    assert "consistent" in view._flip_check.object or "changed side" in view._flip_check.object
+    assert len(view._names.data["text"]) > 0
+    doc = Document()
+    root = view._layout.get_root(doc)
+    doc.add_root(root)
+    assert sum(type(m).__name__ == "Spinner" for m in doc.models) > 10  # the settings' boxes
+
+
 def test_activation_tiles_per_layer_and_top_k(store):
     from app.activations_view import ActivationsView
 

@@ -134,21 +134,24 @@ def test_concurrent_sessions_stay_apart(browser, served, tmp_path):
 
 def test_opening_faces_sends_its_page_once(browser, served, tmp_path):
     """The tab's first page is computed and sent once: the choices the grid sets while it is
-    built must not each redraw it (every redraw sends every face's image again). Counted
-    from the page's load (the tab may be built before it is clicked): Bokeh messages that
-    carry a whole page of face images."""
+    built must not each redraw it (every redraw sends the page's faces again). Counted from
+    the page's load (the tab may be built before it is clicked): Bokeh messages that carry
+    the image of a whole page of faces (one image: app.faces.mosaic)."""
+    from app.faces import CAPTION, GAP, IMAGE_SIZE
+    from app.grid import COLUMNS
+
     url, _ = served
     first_user = User(browser, url, tmp_path, "first")
     ui.goto_tab(first_user.page, "Faces")  # the run's predictions are cached from now on
     first_user.wait_header("page 1 of")
     first_user.page.context.close()
     u = User(browser, url, tmp_path, "once")
-    image_lists: list[int] = []  # the length of every column of images sent
+    shapes: list[tuple] = []  # the shape of every image sent
 
     def images_in(node) -> None:
         if isinstance(node, list):
             if len(node) == 2 and node[0] == "image" and isinstance(node[1], list):
-                image_lists.append(len(node[1]))
+                shapes.extend(tuple(i.get("shape", ())) for i in node[1] if isinstance(i, dict))
             for item in node:
                 images_in(item)
         elif isinstance(node, dict):
@@ -167,8 +170,12 @@ def test_opening_faces_sends_its_page_once(browser, served, tmp_path):
     header = u.page.locator(".fkd-grid-header", has_text="page 1 of").first.evaluate(
         "e => (e.shadowRoot || e).textContent")
     first, last = map(int, re.search(r"faces (\d+)–(\d+) of", header).groups())
-    pages = [n for n in image_lists if n == last - first + 1]
-    assert len(pages) == 1, f"the page's {last - first + 1} faces were sent {len(pages)} times"
+    n, columns = last - first + 1, COLUMNS[24]
+    rows = -(-n // columns)
+    sheet = ((rows - 1) * (IMAGE_SIZE + GAP + CAPTION) + IMAGE_SIZE,
+             (min(n, columns) - 1) * (IMAGE_SIZE + GAP) + IMAGE_SIZE)
+    pages = [shape for shape in shapes if shape == sheet]
+    assert len(pages) == 1, f"the page's {n} faces were sent {len(pages)} times ({shapes})"
     u.check_console()
     u.page.context.close()
 

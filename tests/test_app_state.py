@@ -146,6 +146,35 @@ def test_grid_pages_worst_first_without_a_browser(demo_dir, tmp_path, monkeypatc
     assert grid.detail._table.object.count("<tr>") == 16  # header + 15 keypoints
 
 
+def test_a_page_of_faces_is_one_image_with_clear_room_between_them():
+    """FaceCanvas sends a page as one image: each face at its slot (its white drawn one grey
+    level darker), the room between faces the value the colour mapper draws transparent."""
+    from app.faces import CLEAR, IMAGE_SIZE, FaceCanvas, grey_mapper
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (7, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    images[3, 0, 0] = 255
+    canvas = FaceCanvas()
+    canvas.resize(7, 3)
+    canvas.show(images, None, np.full((7, 30), 40.0), [f"face {i}" for i in range(7)])
+    data = canvas.images.data
+    assert len(data["image"]) == 1
+    sheet = data["image"][0]
+    ox, oy = canvas.offsets(7)
+    assert sheet.shape == (oy.max() + IMAGE_SIZE, ox.max() + IMAGE_SIZE)
+    assert (data["dw"][0], data["dh"][0]) == (sheet.shape[1], sheet.shape[0])
+    for image, x, y in zip(images, ox, oy):
+        np.testing.assert_array_equal(sheet[y:y + IMAGE_SIZE, x:x + IMAGE_SIZE],
+                                      np.minimum(image, CLEAR - 1))
+    assert sheet[oy[3], ox[3]] == CLEAR - 1
+    assert (sheet[:, IMAGE_SIZE:ox[1]] == CLEAR).all()  # between the first two columns
+    assert (sheet[oy[-1]:, ox[-1] + IMAGE_SIZE:] == CLEAR).all()  # slots 8 and 9: empty
+    mapper = grey_mapper()
+    assert mapper.high == CLEAR - 1 and mapper.high_color == "rgba(0, 0, 0, 0)"  # clear
+    canvas.clear()
+    assert canvas.images.data["image"] == []
+
+
 def test_panel_command_binds_localhost_and_passes_paths():
     from app.serve import APP_DIR, panel_command
 
