@@ -129,6 +129,7 @@ class _Lane:
         self.in_part = False
         self._part_urgent = False
         self._follow: list = []
+        self._rushed: set = set()  # later parts of prefetches a user now waits for
         self.parts_done = 0
         self._task: asyncio.Task | None = None
 
@@ -136,7 +137,7 @@ class _Lane:
         if self.in_part:  # a later part of the build running now: it goes next
             self._follow.append((doc, fn))
         else:
-            (self.urgent if urgent else self.prefetch).append((doc, fn))
+            (self.urgent if urgent or fn in self._rushed else self.prefetch).append((doc, fn))
         if not self.running:
             self.running = True
             # Kept: the event loop holds its tasks only weakly.
@@ -167,6 +168,17 @@ class _Lane:
         finally:
             self.running = False
 
+    def rush(self, fn: Callable[[], None]) -> None:
+        """A user now waits for the prefetch whose later parts are ``fn``: its queued part and
+        the parts after it go with the asked-for builds."""
+        self._rushed.add(fn)
+        for item in [item for item in self.prefetch if item[1] is fn]:
+            self.prefetch.remove(item)
+            self.urgent.append(item)
+
+    def done_rushing(self, fn: Callable[[], None]) -> None:
+        self._rushed.discard(fn)
+
     def _run(self, fn: Callable[[], None], done, queued: float | None = None) -> None:
         self.in_part = True
         t0 = time.perf_counter()
@@ -177,8 +189,9 @@ class _Lane:
                       getattr(fn, "__qualname__", None) or fn, 1000 * (time.perf_counter() - t0),
                       1000 * (t0 - (queued or t0)))
             self.in_part = False
-            (self.urgent if self._part_urgent else self.prefetch).extendleft(
-                reversed(self._follow))
+            for item in reversed(self._follow):
+                rushed = self._part_urgent or item[1] in self._rushed
+                (self.urgent if rushed else self.prefetch).appendleft(item)
             self._follow = []
             self.parts_done += 1
             if not done.done():
@@ -228,9 +241,11 @@ def in_own_turn(fn: Callable[[], None]) -> None:
     build_later(fn, urgent=True)
 
 
-def in_parts(parts: Iterator[None], then: Callable[[], None] | None = None) -> None:
+def in_parts(parts: Iterator[None], then: Callable[[], None] | None = None) -> Callable[[], None]:
     """Run a build written as a generator, each step up to its next ``yield`` one part of the
-    lane (next in its own build's queue), then ``then()``."""
+    lane (next in its own build's queue), then ``then()``. Returns ``rush()``: a user now
+    waits for this build (a prefetch until then), so its remaining parts go with the builds
+    users asked for."""
     def step() -> None:
         try:
             more = next(parts, _DONE) is not _DONE
@@ -239,10 +254,13 @@ def in_parts(parts: Iterator[None], then: Callable[[], None] | None = None) -> N
             more = False
         if more:
             in_own_turn(step)
-        elif then is not None:
+            return
+        LANE.done_rushing(step)
+        if then is not None:
             then()
 
     in_own_turn(step)
+    return functools.partial(LANE.rush, step)
 
 
 _DONE = object()

@@ -73,7 +73,8 @@ class Dashboard(pn.viewable.Viewer):
         #: What to do with a tab's view once built (a row to show, a cell to focus on).
         self._waiting: dict[str, list[Callable]] = {}
         self._made: dict[str, pn.viewable.Viewer] = {}  # built, not yet in the page
-        self._building: set[str] = set()  # in the lane now
+        #: Tabs being built in the lane now, and how to rush each build (in_parts).
+        self._building: dict[str, Callable[[], None]] = {}
         self._slots = {name: pn.Column(sizing_mode="stretch_width") for name in TABS}
         self._slots["Leaderboard"].objects = [self.leaderboard]
         self.tabs = pn.Tabs(*((name, self._slots[name]) for name in TABS),
@@ -107,8 +108,10 @@ class Dashboard(pn.viewable.Viewer):
             return
         if urgent:  # a prefetch goes to a hidden tab: no spinner to send
             self._slots[name].loading = True
-        if name not in self._building:  # else the build's last part does what waits
+        if name not in self._building:
             build_later(functools.partial(self._ready, name), urgent)
+        elif urgent:  # a prefetch being built: the user waits for it now
+            self._building[name]()  # its last part does what waits
 
     def _ready(self, name: str) -> None:
         """Build tab ``name`` if it is not yet — its objects in parts of the lane (the view's
@@ -120,8 +123,10 @@ class Dashboard(pn.viewable.Viewer):
         if name not in self._views and name not in self._made:
             view = self._made[name] = self._makers[name]()
             parts = view.build_parts() if hasattr(view, "build_parts") else iter(())
-            self._building.add(name)
-            in_parts(parts, functools.partial(self._built, name))
+            self._building[name] = _nothing  # until in_parts hands back how to rush it
+            rush = in_parts(parts, functools.partial(self._built, name))
+            if name in self._building:  # (without a server the build is over already)
+                self._building[name] = rush
             return
         view = self.view(name)
         for then in self._waiting.pop(name, []):
@@ -130,7 +135,7 @@ class Dashboard(pn.viewable.Viewer):
             view.activate()
 
     def _built(self, name: str) -> None:
-        self._building.discard(name)
+        self._building.pop(name, None)
         self._ready(name)
 
     def _detail_shown(self, row: int) -> None:
@@ -176,3 +181,7 @@ class Dashboard(pn.viewable.Viewer):
 
     def __panel__(self):
         return self._layout
+
+
+def _nothing() -> None:
+    pass

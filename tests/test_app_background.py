@@ -78,3 +78,32 @@ def test_a_failing_build_part_still_ends_the_build(caplog):
         in_parts(build(), lambda: order.append("into the page"))
     assert order == ["objects", "into the page"]
     assert "a broken run folder" in caplog.text
+
+
+def test_a_prefetch_a_user_now_waits_for_goes_before_other_prefetches():
+    """A click on a tab whose prefetch is half built rushes that build: its queued part and
+    the parts after it go with the builds users asked for, ahead of other prefetches."""
+    lane, order = _Lane(), []
+
+    def later_part():
+        order.append("augment 2")
+        lane.add(None, lambda: order.append("augment 3"), urgent=True)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        def first_part():
+            order.append("augment 1")
+            lane.add(None, later_part, urgent=True)  # next in its build's (prefetch) queue
+            loop.call_soon(lane.add, None, lambda: order.append("other prefetch"), False)
+            loop.call_soon(lane.add, None, lambda: order.append("a click"), True)
+            loop.call_soon(lane.rush, later_part)  # the user clicks Augment
+            loop.call_soon(lane.add, None, lambda: order.append("another click"), True)
+
+        lane.add(None, first_part, urgent=False)
+        while lane.running or not order:
+            await asyncio.sleep(0.005)
+
+    asyncio.run(main())
+    assert order == ["augment 1", "a click", "augment 2", "augment 3", "another click",
+                     "other prefetch"]
