@@ -155,6 +155,7 @@ class _Lane:
                     await asyncio.sleep(LANE_GAP_S)
                     continue
                 if doc.session_context is None or doc.session_context.destroyed:
+                    self._rushed.discard(fn)  # a closed session's build never ends
                     continue
                 _queue(doc, functools.partial(self._run, fn, done, time.perf_counter()))
                 waited = 0.0
@@ -164,6 +165,8 @@ class _Lane:
                         break
                     await asyncio.wait([done], timeout=0.25)
                     waited += 0.25
+                if not done.done():  # its session closed first: the build ends here
+                    self._rushed.discard(fn)
                 await asyncio.sleep(LANE_GAP_S)
         finally:
             self.running = False
