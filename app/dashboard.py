@@ -123,9 +123,8 @@ class Dashboard(pn.viewable.Viewer):
         if name not in self._views and name not in self._made:
             view = self._made[name] = self._makers[name]()
             parts = view.build_parts() if hasattr(view, "build_parts") else iter(())
-            self._building[name] = _nothing  # until in_parts hands back how to rush it
             rush = in_parts(parts, functools.partial(self._built, name))
-            if name in self._building:  # (without a server the build is over already)
+            if name not in self._views:  # (without a server the build is over already)
                 self._building[name] = rush
             return
         view = self.view(name)
@@ -181,7 +180,3 @@ class Dashboard(pn.viewable.Viewer):
 
     def __panel__(self):
         return self._layout
-
-
-def _nothing() -> None:
-    pass

@@ -103,11 +103,7 @@ PAGE_JS = """window.__fkd = (() => {
     }
     return el;
   };
-  const skip = new Set(['STYLE', 'SCRIPT']);
-  const text = n => { let s = n.shadowRoot ? text(n.shadowRoot) : '';
-    for (const c of n.childNodes) s += c.nodeType === 3 ? c.textContent
-      : (c.nodeType === 1 && !skip.has(c.tagName) ? text(c) : '');
-    return s; };
+  const text = """ + TEXT_JS + """;
   const squash = s => s.split(/\\s+/).join(' ').trim();
   return {
     text(cls) { const el = shown(cls); return el ? squash(text(el)) : null; },
@@ -358,7 +354,7 @@ class BrowserSession:
         page.on("console", console)
         page.on("pageerror", page_error)
         try:
-            await self.sequence(ui)
+            await self.sequence()
             self.tally.sessions_done += 1
         except Stuck:
             await self.keep_evidence()
@@ -366,7 +362,7 @@ class BrowserSession:
             listening[0] = False
             await ctx.close()
 
-    async def sequence(self, ui) -> None:
+    async def sequence(self) -> None:
         page = self.page
 
         async def open_():
