@@ -3,8 +3,11 @@ of validation RMSE.
 
 It is the page every session opens on, so it is kept light: the table is plain HTML (a
 Tabulator would add half a megabyte of scripts to every page and a second of layout under
-load). Clicking a heatmap cell calls ``on_cell(run_id, keypoint)``; the page uses it to open
-the face grid on that run, worst faces for that keypoint first.
+load), and so is the heatmap — one HTML table in one small component (:class:`HeatmapCells`)
+instead of a Bokeh figure with axes, colour bar and tools, which was 15 % of the machine's
+work for each page opened (benchmarks/bench_load.py). Clicking a heatmap cell calls
+``on_cell(run_id, keypoint)``; the page uses it to open the face grid on that run, worst faces
+for that keypoint first.
 """
 
 from __future__ import annotations
@@ -15,17 +18,8 @@ import numpy as np
 import pandas as pd
 import panel as pn
 import param
-from bokeh.models import (
-    BasicTicker,
-    ColorBar,
-    ColumnDataSource,
-    FactorRange,
-    HoverTool,
-    LinearColorMapper,
-    TapTool,
-)
 from bokeh.palettes import Viridis256
-from bokeh.plotting import figure
+from panel.reactive import ReactiveHTML
 
 from app.background import in_document
 from app.state import Store
@@ -103,8 +97,105 @@ table.fkd-runs th { background: #f3f3f3; }
 """
 
 
+NAN_COLOR = "#dddddd"
+HEATMAP_CSS = """
+table.fkd-heat { border-collapse: collapse; font-size: 11px; }
+table.fkd-heat th { font-weight: normal; color: #333; padding: 2px 4px; }
+table.fkd-heat th.kp { vertical-align: bottom; height: 9em; }
+table.fkd-heat th.kp span { writing-mode: vertical-rl; transform: rotate(180deg);
+  white-space: nowrap; }
+table.fkd-heat th.run { text-align: right; white-space: nowrap; }
+table.fkd-heat td { width: 44px; height: 30px; text-align: center; cursor: pointer;
+  border: 1px solid white; }
+table.fkd-heat td:hover { outline: 2px solid black; }
+.fkd-heat-scale { display: flex; align-items: center; gap: 6px; margin-top: 6px;
+  font-size: 11px; color: #333; }
+.fkd-heat-scale .bar { width: 240px; height: 10px; }
+"""
+
+
+def colours(values: np.ndarray, low: float, high: float) -> list[str]:
+    """Viridis colours of ``values`` on [low, high] (as a Bokeh LinearColorMapper maps them);
+    grey where a value is missing."""
+    n = len(Viridis256)
+    scaled = (np.nan_to_num(values, nan=low) - low) / max(high - low, 1e-12)
+    index = np.clip(np.floor(scaled * n), 0, n - 1).astype(int)
+    return [Viridis256[i] if np.isfinite(v) else NAN_COLOR for i, v in zip(index, values)]
+
+
+def heatmap_cells(data: dict) -> dict:
+    """What the browser draws (:class:`HeatmapCells`) of :func:`heatmap_data`'s cells: the
+    runs (rows), the keypoints (columns), each cell's fill, ink, label and title (the hover:
+    run, keypoint, value) in ``data``'s order, and the colour scale's ends and gradient (None
+    without values)."""
+    values, low, high = data["rmse"], data["low"], data["high"]
+    fill = colours(values, low, high)
+    cells = [[fill[i], data["ink"][i], data["label"][i],
+              f"{run} · {k} · " + (f"{v:.3f} px" if np.isfinite(v) else "–")]
+             for i, (run, k, v) in enumerate(zip(data["run"], data["keypoint"], values))]
+    stops = ", ".join(Viridis256[i] for i in range(0, 256, 32)) + f", {Viridis256[-1]}"
+    scale = [f"{low:.2f}", f"{high:.2f} px", f"linear-gradient(to right, {stops})"] \
+        if np.isfinite(values).any() else None
+    return {"runs": list(dict.fromkeys(data["run"])), "keypoints": list(KEYPOINT_NAMES),
+            "cells": cells,
+            "scale": scale}
+
+
+#: Draws HeatmapCells.heat into its div: every string goes in as text (textContent, title),
+#: never as markup, so run ids need no escaping here.
+_DRAW = """
+const h = data.heat, table = document.createElement('table');
+table.className = 'fkd-heat';
+const head = table.createTHead().insertRow();
+head.appendChild(document.createElement('th'));
+for (const k of h.keypoints || []) {
+  const th = document.createElement('th'), label = document.createElement('span');
+  th.className = 'kp'; label.textContent = k; th.appendChild(label); head.appendChild(th);
+}
+const body = table.createTBody();
+let i = 0;
+for (const run of h.runs || []) {
+  const row = body.insertRow(), name = document.createElement('th');
+  name.className = 'run'; name.textContent = run; row.appendChild(name);
+  for (let k = 0; k < h.keypoints.length; k++, i++) {
+    const [fill, ink, label, title] = h.cells[i], td = row.insertCell();
+    td.dataset.i = i; td.style.background = fill; td.style.color = ink;
+    td.textContent = label; td.title = title;
+  }
+}
+const parts = [table];
+if (h.scale) {
+  const box = document.createElement('div'), bar = document.createElement('span');
+  const low = document.createElement('span'), high = document.createElement('span');
+  box.className = 'fkd-heat-scale'; bar.className = 'bar'; bar.style.background = h.scale[2];
+  low.textContent = h.scale[0]; high.textContent = h.scale[1];
+  box.append(low, bar, high); parts.push(box);
+}
+cells.replaceChildren(...parts);
+"""
+
+
+class HeatmapCells(ReactiveHTML):
+    """The heatmap as one HTML table (:func:`heatmap_cells`), drawn by the browser, that
+    reports clicks: the browser sets ``pick`` to the clicked cell's index and a click count
+    (so clicking the same cell again is a change). The page validates it before using it:
+    it comes from the browser."""
+
+    heat = param.Dict(default={}, doc="The cells to draw (heatmap_cells).")
+    pick = param.String(default="", doc="'<cell index> <click count>', set by the browser.")
+
+    _template = '<div id="cells" onclick="${script(\'clicked\')}"></div>'
+    _scripts = {"render": _DRAW, "heat": _DRAW, "clicked": """
+        const td = event.target.closest('td[data-i]');
+        if (td !== null) {
+          state.clicks = (state.clicks || 0) + 1;
+          data.pick = td.dataset.i + ' ' + state.clicks;
+        }"""}
+
+
 def heatmap_data(runs, metric: str = "plain") -> dict:
-    """Columns for the heatmap's rects: one per (run, keypoint), NaN where unknown."""
+    """The heatmap's cells, one per (run, keypoint), run by run (RMSE NaN where unknown; label
+    and ink colour), and its colour scale's ends."""
     key = METRICS[metric]
     run_ids, names, values = [], [], []
     for r in runs:
@@ -115,11 +206,23 @@ def heatmap_data(runs, metric: str = "plain") -> dict:
             names.append(name)
             values.append(np.nan if v is None else float(v))
     values = np.asarray(values, dtype=float)
+    low, high = value_range(values)
+    bright = (np.nan_to_num(values, nan=low) - low) / (high - low) > 0.6
     return {
         "run": run_ids, "keypoint": names, "rmse": values,
         "label": ["–" if not np.isfinite(v) else f"{v:.1f}" for v in values],
-        "ink": ["black"] * len(values),
+        "ink": ["black" if b else "white" for b in bright] if np.isfinite(values).any()
+        else ["black"] * len(values),
+        "low": low, "high": high,
     }
+
+
+def value_range(values: np.ndarray) -> tuple[float, float]:
+    """The colour scale's ends: the smallest and largest known value (never equal)."""
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return 0.0, 1.0
+    return float(finite.min()), float(max(finite.max(), finite.min() + 1e-6))
 
 
 class Leaderboard(pn.viewable.Viewer):
@@ -139,10 +242,10 @@ class Leaderboard(pn.viewable.Viewer):
                                    margin=(0, 10))
         self._sort = pn.widgets.Select.from_param(self.param.sort_by, label="sort by", width=160,
                                                   css_classes=["fkd-sort-runs"])
-        self._source = ColumnDataSource(heatmap_data([]))
-        self._mapper = LinearColorMapper(palette=Viridis256, nan_color="#dddddd")
-        self._figure = self._heatmap()
-        self._source.selected.on_change("indices", self._on_tap)
+        self._data = heatmap_data([])
+        self._cells = HeatmapCells(css_classes=["fkd-heatmap"], stylesheets=[HEATMAP_CSS],
+                                   margin=(0, 10))
+        self._cells.param.watch(self._on_pick, "pick")
         self._empty = pn.pane.HTML("", visible=False, css_classes=["fkd-no-runs"])
         self._broken = pn.pane.Alert("", alert_type="warning", visible=False,
                                      css_classes=["fkd-broken-runs"])
@@ -152,36 +255,12 @@ class Leaderboard(pn.viewable.Viewer):
                 "worst first for that keypoint."
             ),
             pn.widgets.RadioButtonGroup.from_param(self.param.metric, label="predictions"),
-            pn.pane.Bokeh(self._figure),
+            self._cells,
         )
         self._runs_heading = pn.pane.Markdown("### Runs")
         self._table_box = pn.Column(self._runs_heading, self._sort, self._table)
         self._layout = pn.Column(self._empty, self._broken, self._table_box, self._heatmap_box)
         self.refresh()
-
-    def _heatmap(self):
-        fig = figure(
-            x_range=FactorRange(factors=list(KEYPOINT_NAMES)), y_range=FactorRange(factors=[]),
-            tools="", toolbar_location=None, width=900, height=200, min_border_left=10,
-            x_axis_location="above", css_classes=["fkd-heatmap"], name="fkd-heatmap",
-        )
-        cells = fig.rect("keypoint", "run", 1, 1, source=self._source, line_color="white",
-                         fill_color={"field": "rmse", "transform": self._mapper},
-                         selection_line_color="black", nonselection_fill_alpha=1.0)
-        fig.text("keypoint", "run", text="label", source=self._source, text_align="center",
-                 text_baseline="middle", text_font_size="10px", text_color="ink")
-        fig.add_tools(HoverTool(renderers=[cells], tooltips=[
-            ("run", "@run"), ("keypoint", "@keypoint"), ("RMSE", "@rmse{0.000} px")]))
-        tap = TapTool(renderers=[cells])
-        fig.add_tools(tap)
-        fig.toolbar.active_tap = tap
-        fig.xaxis.major_label_orientation = 0.9
-        fig.axis.major_tick_line_color = None
-        fig.axis.axis_line_color = None
-        fig.grid.visible = False
-        fig.add_layout(ColorBar(color_mapper=self._mapper, ticker=BasicTicker(desired_num_ticks=6),
-                                title="px", width=12), "right")
-        return fig
 
     def refresh(self) -> None:
         """Re-read the run list (cheap when nothing changed) and redraw table and heatmap."""
@@ -222,33 +301,19 @@ class Leaderboard(pn.viewable.Viewer):
         self.update_heatmap()
 
     def update_heatmap(self) -> None:
-        """Replace the heatmap's data (colour range included); the figure itself stays."""
-        data = heatmap_data(self._runs, self.metric)
-        finite = data["rmse"][np.isfinite(data["rmse"])]
-        if len(finite):
-            self._mapper.update(low=float(finite.min()), high=float(max(finite.max(),
-                                                                      finite.min() + 1e-6)))
-        if len(finite):
-            lo, hi = self._mapper.low, self._mapper.high
-            bright = (np.nan_to_num(data["rmse"], nan=lo) - lo) / (hi - lo) > 0.6
-            data["ink"] = np.where(bright, "black", "white")
-        else:
-            data["ink"] = np.full(len(data["rmse"]), "black")
-        ids = [r.id for r in self._runs]
-        self._figure.y_range.factors = ids[::-1]
-        self._figure.height = 170 + 40 * len(ids)
-        self._source.selected.indices = []
-        self._source.data = data
+        """Replace the heatmap's table (colour range included); the component itself stays."""
+        self._data = heatmap_data(self._runs, self.metric)
+        self._cells.heat = heatmap_cells(self._data)
 
-    @in_document  # one held update: the detail arrives as one message, not a dozen
-    def _on_tap(self, attr, old, new) -> None:
-        if not new:
+    @in_document  # one held update: the grid arrives as one message, not a dozen
+    def _on_pick(self, event) -> None:
+        try:
+            i = int(str(event.new).split(" ")[0])
+        except ValueError:
+            return  # not a click this page's script would send
+        if not 0 <= i < len(self._data["run"]) or self.on_cell is None:
             return
-        i = new[0]
-        run_id, keypoint = self._source.data["run"][i], self._source.data["keypoint"][i]
-        self._source.selected.indices = []
-        if self.on_cell is not None:
-            self.on_cell(run_id, keypoint)
+        self.on_cell(self._data["run"][i], self._data["keypoint"][i])
 
     def __panel__(self):
         return self._layout

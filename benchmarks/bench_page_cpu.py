@@ -2,6 +2,7 @@
 dashboard and two yardsticks measured in the same run.
 
 Usage: python benchmarks/bench_page_cpu.py [--opens 8] [--data DIR --models DIR]
+                                          [--other CHECKOUT]
 
 Mode a of ``bench_load.py`` opens N pages at once in one Chromium with one context each, on the
 same two cores as the server; its open times are bounded below by N × (CPU per open) / cores.
@@ -13,7 +14,9 @@ process — for:
            context, a renderer and a page;
   panel    a Panel page with two tabs and one HTML pane (``panel serve``): Bokeh's and Panel's
            scripts and a document, nothing of fkd;
-  fkd      the dashboard (``app.serve.Server``) on the load benchmark's data and runs.
+  fkd      the dashboard (``app.serve.Server``) on the load benchmark's data and runs;
+  other    with --other: the dashboard of another checkout (a ``git worktree`` of an older
+           commit, say) on the same data and runs, to compare two versions in one run.
 
 An open is done when a ``.bk-tab`` (static: the element) is visible, plus 0.3 s. Run it with
 nothing else on the machine.
@@ -86,6 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--opens", type=int, default=8)
     ap.add_argument("--data", default=str(ROOT / "benchmarks/out/load/data-7049-1783"))
     ap.add_argument("--models", default=str(ROOT / "benchmarks/out/load/models"))
+    ap.add_argument("--other", type=Path, help="another checkout whose dashboard to measure too")
     args = ap.parse_args(argv)
     results = {}
     with tempfile.TemporaryDirectory(prefix="fkd-page-cpu-") as tmp:
@@ -108,9 +112,15 @@ def main(argv=None) -> int:
             finally:
                 proc.terminate()
                 proc.wait()
-    server = Server(args.data, args.models, timeout=300)
-    with server as url:
-        results["fkd"] = asyncio.run(measure(url, ".bk-tab", args.opens, server.proc.pid))
+    for name, checkout in (("fkd", ROOT), ("other", args.other)):
+        if checkout is None:
+            continue
+        server = Server(args.data, args.models, timeout=300)
+        # the same server, started from that checkout's app/serve.py (so its app/ is served)
+        server.cmd = [sys.executable, str(Path(checkout).resolve() / "app" / "serve.py"),
+                      *server.cmd[2:]]
+        with server as url:
+            results[name] = asyncio.run(measure(url, ".bk-tab", args.opens, server.proc.pid))
     base = results["static"]["machine_s"]
     print(f"{'page':8s} {'machine CPU s/open':>19s} {'of it server':>13s} {'wall s/open':>12s} "
           f"{'vs static':>10s}")

@@ -118,13 +118,11 @@ def train_run(data, models: Path, run_id: str, *options: str) -> Path:
     return models / run_id
 
 
-def heatmap_cell(page, run: str, keypoint: str) -> list[float]:
-    """Page coordinates of the leaderboard heatmap's (run, keypoint) cell."""
-    return page.evaluate("""([run, keypoint]) => {
-        const fig = Bokeh.documents[0].get_model_by_name('fkd-heatmap');
-        const view = Bokeh.index.find_one(fig);
-        const box = view.el.getBoundingClientRect();
-        const x = view.frame.x_scale.compute(fig.x_range.synthetic(keypoint));
-        const y = view.frame.y_scale.compute(fig.y_range.synthetic(run));
-        return [box.x + x, box.y + y];
-    }""", [run, keypoint])
+def heatmap_cell(page, run: str, keypoint: str):
+    """The leaderboard heatmap's (run, keypoint) cell (a locator): the row headed by the run's
+    id, the keypoint's column."""
+    from fkd_core.keypoints import KEYPOINT_NAMES
+
+    rows = page.locator("table.fkd-heat tbody tr")
+    row = rows.filter(has=page.locator("th.run").get_by_text(run, exact=True))
+    return row.locator("td").nth(KEYPOINT_NAMES.index(keypoint))

@@ -94,20 +94,24 @@ def _wait_for_new_captions(s: Session, old: list[str]) -> list[str]:
 # -- leaderboard ------------------------------------------------------------------------
 
 
-def test_leaderboard_lists_runs_heatmap_and_broken_folders(session):
+def test_leaderboard_lists_runs_heatmap_and_broken_folders(session, models):
     s = session
     table = s.page.locator(".fkd-leaderboard")
     table.get_by_text(RUN, exact=True).wait_for()
     s.check(table.get_by_text(OTHER, exact=True).is_visible(), "second run listed")
     expect_text(s, "broken-model")
     expect_text(s, "model.keras is not a valid Keras file")
-    cells = s.page.evaluate("""() => {
-        const fig = Bokeh.documents[0].get_model_by_name('fkd-heatmap');
-        const view = Bokeh.index.find_one(fig);
-        return view === null ? -1 : fig.renderers[0].data_source.data.rmse.length;
-    }""")
-    s.check(cells == 3 * len(KEYPOINT_NAMES), f"heatmap has 3 runs × 15 cells, got {cells}")
-    s.check(s.page.locator(".fkd-heatmap canvas").first.is_visible(), "heatmap is drawn")
+    cells = s.page.locator("table.fkd-heat td[data-i]")
+    cells.first.wait_for()
+    s.check(cells.count() == 3 * len(KEYPOINT_NAMES),
+            f"heatmap has 3 runs × 15 cells, got {cells.count()}")
+    for run in (RUN, OTHER):  # each cell: that run's RMSE for that keypoint, in its hover
+        per_kp = json.loads((models / run / "metrics.json").read_text())["per_keypoint"]
+        for k in ("nose_tip", "left_eye_center"):
+            cell = browser_harness.heatmap_cell(s.page, run, k)
+            s.check(cell.inner_text() == f"{per_kp[k]:.1f}", f"{run} {k}: {cell.inner_text()}")
+            s.check(cell.get_attribute("title") == f"{run} · {k} · {per_kp[k]:.3f} px",
+                    f"{run} {k} hover: {cell.get_attribute('title')}")
     s.shot("leaderboard")
     s.check_console()
 
@@ -115,8 +119,7 @@ def test_leaderboard_lists_runs_heatmap_and_broken_folders(session):
 def test_heatmap_cell_opens_grid_sorted_by_that_keypoint(session, models):
     s = session
     s.page.locator(".fkd-leaderboard").get_by_text(RUN, exact=True).wait_for()
-    point = browser_harness.heatmap_cell(s.page, RUN, "nose_tip")
-    s.page.mouse.click(*point)
+    browser_harness.heatmap_cell(s.page, RUN, "nose_tip").click()
     s.page.locator(".bk-tab.bk-active", has_text="Faces").wait_for()
     captions = ui.wait_for_faces(s.page)
     s.shot("grid-nose-tip")

@@ -367,6 +367,40 @@ def test_leaderboard_shows_holdout_beside_validation(good, data, tmp_path):
     assert "hold-out RMSE" not in leaderboard_frame([plain]).columns
 
 
+def test_heatmap_cells_colours_and_clicks_from_the_browser(good, demo_dir, tmp_path):
+    """The leaderboard's heatmap: what the browser draws, and a click (untrusted: the browser
+    sets it) opens only a cell that exists."""
+    from bokeh.palettes import Viridis256
+
+    from app.leaderboard import NAN_COLOR, Leaderboard, colours
+    from app.state import Settings, Store
+    from fkd_core.keypoints import KEYPOINT_NAMES
+
+    assert colours(np.array([1.0, 2.0, np.nan, 1.5]), 1.0, 2.0) == [
+        Viridis256[0], Viridis256[-1], NAN_COLOR, Viridis256[128]]
+    _copy_run(good, tmp_path, "a-run")
+    _copy_run(good, tmp_path, "b-run")
+    _edit_json(tmp_path / "b-run" / "metrics.json", val_rmse=good.metrics["val_rmse"] + 1)
+    opened = []
+    board = Leaderboard(Store(Settings(str(demo_dir), str(tmp_path))),
+                        on_cell=lambda run, k: opened.append((run, k)))
+    heat = board._cells.heat
+    assert heat["runs"] == ["a-run", "b-run"] and heat["keypoints"] == list(KEYPOINT_NAMES)
+    assert len(heat["cells"]) == 2 * len(KEYPOINT_NAMES)
+    per_kp = good.metrics["per_keypoint"]
+    fill, ink, label, title = heat["cells"][len(KEYPOINT_NAMES) + 10]  # b-run, nose_tip
+    assert KEYPOINT_NAMES[10] == "nose_tip"
+    assert label == f"{per_kp['nose_tip']:.1f}"
+    assert title == f"b-run · nose_tip · {per_kp['nose_tip']:.3f} px"
+    values = [per_kp[k] for k in KEYPOINT_NAMES]
+    assert fill == colours(np.array([per_kp["nose_tip"]]), min(values), max(values))[0]
+    assert heat["scale"][:2] == [f"{min(values):.2f}", f"{max(values):.2f} px"]
+
+    for pick in ("26 1", "999 2", "-1 3", "nose_tip", "", "3.5 4", "17 5"):
+        board._cells.pick = pick
+    assert opened == [("b-run", KEYPOINT_NAMES[11]), ("b-run", KEYPOINT_NAMES[2])]
+
+
 def test_one_frame_for_submission_augmentation_and_display():
     from app.faces import in_frame as drawn
     from fkd_core.keypoints import FRAME, clip_to_frame, in_frame
