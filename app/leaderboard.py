@@ -4,8 +4,8 @@ of validation RMSE.
 It is the page every session opens on, so it is kept light: the table is plain HTML (a
 Tabulator would add half a megabyte of scripts to every page and a second of layout under
 load), and so is the heatmap — one HTML table in one small component (:class:`HeatmapCells`)
-instead of a Bokeh figure with axes, colour bar and tools, which was 15 % of the machine's
-work for each page opened (benchmarks/bench_load.py). Clicking a heatmap cell calls
+instead of a Bokeh figure with axes, colour bar and tools, which cost every page open 0.1–0.3 s
+of machine time (BENCHMARKS.md, "Dashboard under load"). Clicking a heatmap cell calls
 ``on_cell(run_id, keypoint)``; the page uses it to open the face grid on that run, worst faces
 for that keypoint first.
 """

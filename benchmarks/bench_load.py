@@ -718,6 +718,8 @@ def protocol_clients(url: str, n: int, interval: float, limits: tuple[float, flo
 
     import panel  # noqa: F401  registers Panel's Bokeh models, so patches can be applied
 
+    import app.leaderboard  # noqa: F401  and the heatmap's (a ReactiveHTML's data model)
+
     logging.getLogger("bokeh").setLevel(logging.CRITICAL)
     tally = Tally()
     rounds = [0]
@@ -899,7 +901,9 @@ def counts(r: dict) -> dict:
             "console": len(r.get("console_errors", [])),
             "patch": len(proto.get("console_errors", [])),
             "stuck": len(r.get("stuck", [])) + len(proto.get("stuck", [])),
-            "cross": len(r.get("cross_session", [])) + len(proto.get("cross_session", []))}
+            "cross": len(r.get("cross_session", [])) + len(proto.get("cross_session", [])),
+            # a session the harness could not drive: that run's load was not what it claims
+            "driver": len(r.get("driver_failures", [])) + len(proto.get("driver_failures", []))}
 
 
 def targets(runs: list[dict]) -> list[tuple[str, str, bool | None]]:
@@ -911,8 +915,8 @@ def targets(runs: list[dict]) -> list[tuple[str, str, bool | None]]:
             r = by.get((mode, n))
             c = counts(r) if r else None
             bad = None if c is None else sum(c.values())
-            out.append((f"mode {mode}, N = {n}: no server/console errors, stuck views or "
-                        "cross-session effects",
+            out.append((f"mode {mode}, N = {n}: no server/console errors, stuck views, "
+                        "cross-session effects or sessions the harness failed to drive",
                         "not run" if c is None else ", ".join(f"{k} {v}" for k, v in c.items()),
                         None if c is None else bad == 0))
     r = by.get(("b", 20))

@@ -224,6 +224,8 @@ def test_a_session_made_by_its_websocket_uses_the_servers_stylesheets(served):
     from bokeh.client import pull_session
     from bokeh.models import ImportedStyleSheet
 
+    import app.leaderboard  # noqa: F401  (and the heatmap's ReactiveHTML data model)
+
     def stylesheets() -> set[str]:
         with pull_session(url=f"{url}app") as session:
             return {s.url for s in session.document.select({"type": ImportedStyleSheet})}
