@@ -131,8 +131,9 @@ def test_shipped_recipes_read(tmp_path):
     assert (best["arch"], best["head"], best["epochs"], best["max_minutes"], best["ema"],
             best["head_opt"]) == ("resnet", "heatmap", 60, 58, 0.998, {"grid_size": 48})
     plan = read_pipeline(folder / "faces15.toml")
-    assert plan.members[0].options == {**best, "run_id": plan.members[0].run_id}
-    assert plan.members[1].options == {**best, "run_id": plan.members[1].run_id, "seed": 1}
+    assert plan.members[0].options == {**best, "epochs": 72, "run_id": plan.members[0].run_id}
+    assert plan.members[1].options == {**best, "epochs": 72, "run_id": plan.members[1].run_id,
+                                       "seed": 1}
     for name in ("faces15-resnet.toml", "faces15-resnet-ema.toml"):
         read_recipe(folder / name)
     assert len(read_pipeline(folder / "demo.toml").members) == 2
