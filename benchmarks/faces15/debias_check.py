@@ -1,0 +1,78 @@
+"""Would subtracting each member's mean validation error help? A check, not part of the pipeline.
+
+Usage: .venv/bin/python benchmarks/faces15/debias_check.py ENSEMBLE_RUN --data DIR [--out DIR]
+
+For every member of the ensemble run: its flip-TTA test predictions (as ``fkd submit``
+writes them), and the same minus its mean error per coordinate on its own validation rows
+(``val_predictions.npz``: pred_tta − truth, 30 numbers, nothing from the test set). Writes
+``<member>.csv`` / ``<member>-debiased.csv`` and the ensemble's weighted average of each
+(``ensemble.csv`` / ``ensemble-debiased.csv``) under --out, to be scored with
+``../shared/bin/faces15-score``. Also prints, per member, the 2-fold cross-validated change of
+its validation RMSE (the bias fitted on one half of its validation rows, scored on the other,
+20 random splits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from fkd_core import dataset, evaluation, runs  # noqa: E402
+from fkd_core.keypoints import COLUMN_NAMES  # noqa: E402
+
+
+def cross_validated_ratio(pred: np.ndarray, truth: np.ndarray, splits: int = 20) -> float:
+    """Validation RMSE after subtracting a bias fitted on the other half, ÷ before."""
+    rng = np.random.default_rng(0)
+    ratios = []
+    for _ in range(splits):
+        order = rng.permutation(len(truth))
+        halves = order[: len(order) // 2], order[len(order) // 2:]
+        for fit, score in (halves, halves[::-1]):
+            bias = np.nanmean(pred[fit] - truth[fit], axis=0)
+            ratios.append(np.nanmean((pred[score] - bias - truth[score]) ** 2)
+                          / np.nanmean((pred[score] - truth[score]) ** 2))
+    return float(np.sqrt(np.mean(ratios)))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("ensemble")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--models", default=str(ROOT / "models"))
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "debias")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    ensemble = runs.resolve(Path(args.models) / args.ensemble)
+    members, weights = ensemble.config["members"], ensemble.config["weights"]
+    data = dataset.load(Path(args.data), parts=("test", "lookup"))
+    column = {name: i for i, name in enumerate(COLUMN_NAMES)}
+    totals = {"": 0.0, "-debiased": 0.0}
+    for run_id, weight in zip(members, weights):
+        run = runs.resolve(Path(args.models) / run_id)
+        val = np.load(run.path / "val_predictions.npz")
+        bias = np.nanmean(val["pred_tta"] - val["truth"], axis=0)
+        frame = evaluation.submission(run, data, tta=True)
+        asked = data.lookup.FeatureName.map(column).to_numpy()
+        print(f"{run_id}: mean validation error x {np.nanmean(bias[0::2]):+.3f} px, "
+              f"y {np.nanmean(bias[1::2]):+.3f} px; validation RMSE × "
+              f"{cross_validated_ratio(val['pred_tta'], val['truth']):.4f} (2-fold)")
+        for suffix, shift in (("", 0.0), ("-debiased", bias[asked])):
+            located = frame.assign(Location=frame.Location - shift)
+            evaluation.write_submission(located, args.out / f"{run_id}{suffix}.csv")
+            totals[suffix] = totals[suffix] + weight * located.Location.to_numpy()
+    for suffix, total in totals.items():
+        evaluation.write_submission(frame.assign(Location=total),
+                                    args.out / f"ensemble{suffix}.csv")
+    print(f"written under {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
