@@ -743,7 +743,7 @@ def pipeline_cmd(
     except (RecipeError, ValueError, FileExistsError, FloatingPointError) as exc:
         fail(str(exc))
     try:
-        frame = submission(final, kd, tta=plan.tta)
+        frame = submission(final, kd, tta=plan.tta, debias=plan.debias)
         write_submission(frame, output)
     except OSError as exc:
         fail(f"-o: could not write {output}: {exc.strerror or exc}")

@@ -79,17 +79,49 @@ def evaluate(run: Run, data: KeypointSet, *, subset: str = "val", tta: bool = Fa
     return Evaluation(subset, data.row_ids[rows], pred, data.keypoints[rows])
 
 
-def submission(run: Run, data: KaggleData, *, tta: bool = True, model=None) -> pd.DataFrame:
+def validation_bias(run: Run, *, tta: bool = True) -> np.ndarray:
+    """The run's mean error per coordinate (30 values, pixels) on its own validation rows,
+    from its ``val_predictions.npz`` (nothing from the test set); 0 where no row is labelled."""
+    with np.load(run.path / "val_predictions.npz") as val:
+        pred = val["pred_tta" if tta and "pred_tta" in val else "pred"]
+        error = pred - val["truth"]
+    labelled = np.isfinite(error).any(axis=0)
+    bias = np.zeros(error.shape[1])
+    bias[labelled] = np.nanmean(error[:, labelled], axis=0)
+    return bias
+
+
+def _debiased_prediction(run: Run, images: np.ndarray, tta: bool) -> np.ndarray:
+    """Predictions minus the validation bias: an ensemble's as the weighted mean of its
+    members' each debiased by its own (the ensemble's validation rows overlap its members'
+    training rows, so its own mean error is not one to trust)."""
+    if run.kind != "ensemble":
+        return run.predict(images, tta=tta) - validation_bias(run, tta=tta)
+    from fkd_core import runs
+
+    total = 0.0
+    for member_id, weight in zip(run.config["members"], run.config["weights"]):
+        member = runs.resolve(run.path.parent / member_id)
+        total = total + weight * _debiased_prediction(member, images, tta)
+    return np.asarray(total)
+
+
+def submission(run: Run, data: KaggleData, *, tta: bool = True, model=None,
+               debias: bool = False) -> pd.DataFrame:
     """Kaggle's ``RowId,Location`` for every row of IdLookupTable.csv, in its order.
 
     Locations are clipped to the image's frame in the data set's convention
-    (:func:`fkd_core.keypoints.clip_to_frame`).
+    (:func:`fkd_core.keypoints.clip_to_frame`). ``debias``: minus each model's mean error on
+    its own validation rows (:func:`validation_bias`; an ensemble's members each their own).
     """
     if data.test is None or data.lookup is None:
         raise kaggle.KaggleFormatError(
             data.path, f"a submission needs {kaggle.TEST} and {kaggle.LOOKUP}"
         )
-    pred = run.predict(data.test.images, tta=tta, model=model)
+    if debias:
+        pred = _debiased_prediction(run, data.test.images, tta)
+    else:
+        pred = run.predict(data.test.images, tta=tta, model=model)
     offset = run.source_offset
     if offset.any():  # images asked for only the 8 always-present values: that convention
         asked = data.lookup.groupby("ImageId").FeatureName.nunique()

@@ -17,6 +17,7 @@ never silently reused. The file format (see README, "How to write a recipe")::
 
     [submission]
     tta = true                      # flip test-time augmentation (default true)
+    debias = false                  # minus each model's mean validation error (default false)
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Pipeline:
     tta: bool = True
     description: str = ""
     configs: list = field(default_factory=list)  # each member's TrainConfig, checked
+    debias: bool = False  # minus each model's mean validation error (evaluation.submission)
 
 
 class PipelineStopped(RuntimeError):
@@ -121,12 +123,15 @@ def read_pipeline(path: str | Path) -> Pipeline:
         raise RecipeError(f"{where}: {len(members)} members need an [ensemble] table")
     submission = _table(raw.get("submission", {}), where, "submission")
     for key in submission:
-        if key != "tta":
-            raise RecipeError(f"{where}: unknown key {key!r} in [submission] (known: tta)")
-    tta = submission.get("tta", True)
-    if not isinstance(tta, bool):
-        raise RecipeError(f"{where}: submission.tta must be true or false, not {tta!r}")
-    pipeline = Pipeline(path, digest, members, ensemble, tta, description)
+        if key not in ("tta", "debias"):
+            raise RecipeError(f"{where}: unknown key {key!r} in [submission] "
+                              "(known: tta, debias)")
+    flags = {key: submission.get(key, key == "tta") for key in ("tta", "debias")}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise RecipeError(f"{where}: submission.{key} must be true or false, not {value!r}")
+    pipeline = Pipeline(path, digest, members, ensemble, flags["tta"], description,
+                        debias=flags["debias"])
     for m in members:  # every member checked before anything trains
         try:
             pipeline.configs.append(recipes.train_config(m.options))

@@ -99,6 +99,8 @@ def _write(path: Path, text: str) -> Path:
     ('[[member]]\nrun_id = "a"\narch = "nonesuch"\n', "member a: unknown architecture"),
     ('members = []\n', "unknown key 'members'"),
     ('[[member]]\nrun_id = "a"\n[submission]\noutput = "x.csv"\n', "unknown key 'output'"),
+    ('[[member]]\nrun_id = "a"\n[submission]\ndebias = 1\n',
+     "submission.debias must be true or false"),
 ])
 def test_bad_pipeline_file_names_the_file_and_the_key(tmp_path, text, says):
     path = _write(tmp_path / "p.toml", text)

@@ -318,6 +318,33 @@ def test_ensemble_scores_the_shared_holdout(good, data, models):
         assert key in ens.config and key in good.config
 
 
+def test_debiased_submission_subtracts_each_models_validation_error(good, data, models):
+    """``debias``: each model's mean error on its own validation rows, subtracted from its test
+    predictions; an ensemble's members each by their own, then weighted as the ensemble is."""
+    from fkd_core.evaluation import submission, validation_bias
+    from fkd_core.keypoints import COLUMN_NAMES
+
+    other = runs.resolve(train(data.train, TrainConfig(**TINY, lr=3e-4, seed=3), models,
+                               run_id="debias-other", verbose=0))
+    ens = runs.resolve(make_ensemble([good, other], weights="0.7,0.3", models_dir=models,
+                                     run_id="ens-debias"))
+    bias = validation_bias(good)
+    val = good.val_predictions
+    assert bias.shape == (30,) and np.abs(bias).max() > 0.1
+    unbiased = np.nanmean(val["pred_tta"] - bias - val["truth"], axis=0)
+    np.testing.assert_allclose(unbiased[np.isfinite(unbiased)], 0.0, atol=1e-4)
+    asked = data.lookup.FeatureName.map({n: i for i, n in enumerate(COLUMN_NAMES)}).to_numpy()
+    w = ens.config["weights"]
+    for run, shift in ((good, bias[asked]),
+                       (ens, w[0] * bias[asked] + w[1] * validation_bias(other)[asked])):
+        plain = submission(run, data).Location.to_numpy()
+        fixed = submission(run, data, debias=True).Location.to_numpy()
+        inside = (plain > 1) & (plain < 94) & (fixed > 1) & (fixed < 94)  # not clipped
+        assert inside.mean() > 0.5, run.id
+        np.testing.assert_allclose(fixed[inside], plain[inside] - shift[inside], atol=1e-3,
+                                   err_msg=run.id)
+
+
 # -- settings ------------------------------------------------------------------------------
 
 
