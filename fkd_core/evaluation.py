@@ -82,9 +82,8 @@ def evaluate(run: Run, data: KeypointSet, *, subset: str = "val", tta: bool = Fa
 def validation_bias(run: Run, *, tta: bool = True) -> np.ndarray:
     """The run's mean error per coordinate (30 values, pixels) on its own validation rows,
     from its ``val_predictions.npz`` (nothing from the test set); 0 where no row is labelled."""
-    with np.load(run.path / "val_predictions.npz") as val:
-        pred = val["pred_tta" if tta and "pred_tta" in val else "pred"]
-        error = pred - val["truth"]
+    val = run.val_predictions
+    error = val["pred_tta" if tta and "pred_tta" in val else "pred"] - val["truth"]
     labelled = np.isfinite(error).any(axis=0)
     bias = np.zeros(error.shape[1])
     bias[labelled] = np.nanmean(error[:, labelled], axis=0)

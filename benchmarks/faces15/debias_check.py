@@ -1,15 +1,14 @@
-"""Would subtracting each member's mean validation error help? A check, not part of the pipeline.
+"""Would subtracting each member's mean validation error help? A check before adopting it.
 
 Usage: .venv/bin/python benchmarks/faces15/debias_check.py ENSEMBLE_RUN --data DIR [--out DIR]
 
-For every member of the ensemble run: its flip-TTA test predictions (as ``fkd submit``
-writes them), and the same minus its mean error per coordinate on its own validation rows
-(``val_predictions.npz``: pred_tta − truth, 30 numbers, nothing from the test set). Writes
-``<member>.csv`` / ``<member>-debiased.csv`` and the ensemble's weighted average of each
-(``ensemble.csv`` / ``ensemble-debiased.csv``) under --out, to be scored with
-``../shared/bin/faces15-score``. Also prints, per member, the 2-fold cross-validated change of
-its validation RMSE (the bias fitted on one half of its validation rows, scored on the other,
-20 random splits).
+Writes, for the ensemble run and each of its members, its flip-TTA test submission as
+``fkd`` writes it (``<run>.csv``) and the same with ``debias`` (``<run>-debiased.csv``: each
+model's predictions minus its mean error per coordinate on its own validation rows,
+:func:`fkd_core.evaluation.validation_bias`; nothing from the test set) under --out, to be
+scored with ``../shared/bin/faces15-score``. Also prints, per member, the 2-fold
+cross-validated change of its validation RMSE (the bias fitted on one half of its validation
+rows, scored on the other, 20 random splits).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from fkd_core import dataset, evaluation, runs  # noqa: E402
-from fkd_core.keypoints import COLUMN_NAMES  # noqa: E402
 
 
 def cross_validated_ratio(pred: np.ndarray, truth: np.ndarray, splits: int = 20) -> float:
@@ -50,26 +48,18 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     ensemble = runs.resolve(Path(args.models) / args.ensemble)
-    members, weights = ensemble.config["members"], ensemble.config["weights"]
     data = dataset.load(Path(args.data), parts=("test", "lookup"))
-    column = {name: i for i, name in enumerate(COLUMN_NAMES)}
-    totals = {"": 0.0, "-debiased": 0.0}
-    for run_id, weight in zip(members, weights):
-        run = runs.resolve(Path(args.models) / run_id)
-        val = np.load(run.path / "val_predictions.npz")
-        bias = np.nanmean(val["pred_tta"] - val["truth"], axis=0)
-        frame = evaluation.submission(run, data, tta=True)
-        asked = data.lookup.FeatureName.map(column).to_numpy()
-        print(f"{run_id}: mean validation error x {np.nanmean(bias[0::2]):+.3f} px, "
-              f"y {np.nanmean(bias[1::2]):+.3f} px; validation RMSE × "
+    for run_id in ensemble.config["members"]:
+        member = runs.resolve(Path(args.models) / run_id)
+        val, bias = member.val_predictions, evaluation.validation_bias(member)
+        print(f"{run_id}: mean validation error x {np.mean(bias[0::2]):+.3f} px, "
+              f"y {np.mean(bias[1::2]):+.3f} px; validation RMSE × "
               f"{cross_validated_ratio(val['pred_tta'], val['truth']):.4f} (2-fold)")
-        for suffix, shift in (("", 0.0), ("-debiased", bias[asked])):
-            located = frame.assign(Location=frame.Location - shift)
-            evaluation.write_submission(located, args.out / f"{run_id}{suffix}.csv")
-            totals[suffix] = totals[suffix] + weight * located.Location.to_numpy()
-    for suffix, total in totals.items():
-        evaluation.write_submission(frame.assign(Location=total),
-                                    args.out / f"ensemble{suffix}.csv")
+    for run_id in (*ensemble.config["members"], args.ensemble):
+        run = runs.resolve(Path(args.models) / run_id)
+        for suffix, debias in (("", False), ("-debiased", True)):
+            frame = evaluation.submission(run, data, tta=True, debias=debias)
+            evaluation.write_submission(frame, args.out / f"{run_id}{suffix}.csv")
     print(f"written under {args.out}")
     return 0
 
